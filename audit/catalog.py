@@ -1,0 +1,260 @@
+"""The DuckDB catalog: schema migrations, one transaction per result, read-only queries.
+
+DuckDB locks the file against every other process (readers included) while a connection is open for
+writing, so a writer here holds its connection only for the few milliseconds of each write. Another
+`audit run` or `audit query` that meets the lock waits (saying so once) and retries until a deadline,
+then fails with one clear line. Each result, with its metrics and arrays, is written in one
+transaction: a process killed mid-write leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from audit.errors import CatalogBusyError, UsageError
+from audit.migrations import MIGRATIONS
+
+DEFAULT_WAIT_S = 60.0
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _is_lock_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return "lock" in text and ("could not set" in text or "conflicting" in text)
+
+
+@dataclass
+class StoredResult:
+    """What the runner hands the catalog for one finished job."""
+
+    run_id: str
+    cache_key: str
+    probe: str
+    probe_version: str
+    params: dict[str, Any]
+    models: list[tuple[str, str]]  # (name, fingerprint)
+    datasets: list[tuple[str, str]]
+    status: str  # "ok" | "error"
+    error: str | None
+    warnings: list[str]
+    duration_s: float
+    device: str
+    metrics: list[tuple[str, float, str | None, str | None]]  # (name, value, model, dataset)
+    arrays: dict[str, np.ndarray]
+
+
+class Catalog:
+    def __init__(self, path: Path, wait_s: float = DEFAULT_WAIT_S, on_wait: Callable[[str], None] | None = None):
+        self.path = Path(path)
+        self.wait_s = wait_s
+        self.on_wait = on_wait or (lambda message: None)
+        self._migrated = False
+
+    # ------------------------------------------------------------ connections
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        if read_only and not self.path.exists():
+            raise UsageError(f"no catalog at {self.path} (run `audit run` first, or pass --catalog)")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        config = {"enable_external_access": False} if read_only else {}
+        deadline = time.monotonic() + self.wait_s
+        told = False
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only, config=config)
+            except duckdb.Error as e:
+                if not _is_lock_error(e):
+                    raise UsageError(f"cannot open catalog {self.path}: {str(e).splitlines()[0]}") from None
+                if time.monotonic() >= deadline:
+                    raise CatalogBusyError(
+                        f"catalog {self.path} is still locked by another process after {self.wait_s:g} s "
+                        "(another `audit run` is writing it); try again when it finishes, or raise --wait"
+                    ) from None
+                if not told:
+                    self.on_wait(f"catalog {self.path} is busy (another audit process is writing it); waiting…")
+                    told = True
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection with file-system access disabled (no COPY TO, no ATTACH)."""
+        con = self._connect(read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._connect(read_only=False)
+        try:
+            if not self._migrated:
+                migrate(con)
+                self._migrated = True
+            yield con
+        finally:
+            con.close()
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, meta: dict[str, Any]) -> str:
+        run_id = uuid.uuid4().hex[:16]
+        cols = ["run_id", "started_at", *meta]
+        with self.writer() as con:
+            con.execute(
+                f"insert into runs ({', '.join(cols)}) values ({', '.join('?' * len(cols))})",
+                [run_id, now(), *meta.values()],
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, computed: int, reused: int, failed: int) -> None:
+        with self.writer() as con:
+            con.execute(
+                "insert into run_ends values (?, ?, ?, ?, ?, ?)", [run_id, now(), status, computed, reused, failed]
+            )
+
+    def record_sources(self, kind: str, rows: list[tuple[str, str, dict[str, Any], int | None]]) -> None:
+        """Remember models or datasets (fingerprint, name, spec, n) not seen before under that name."""
+        with self.writer() as con:
+            for fingerprint, name, spec, n in rows:
+                seen = con.execute(
+                    f"select 1 from {kind} where fingerprint = ? and name = ?", [fingerprint, name]
+                ).fetchone()
+                if seen:
+                    continue
+                if kind == "models":
+                    con.execute("insert into models values (?, ?, ?, ?)", [fingerprint, name, json.dumps(spec), now()])
+                else:
+                    con.execute(
+                        "insert into datasets values (?, ?, ?, ?, ?)", [fingerprint, name, json.dumps(spec), n, now()]
+                    )
+
+    # ------------------------------------------------------------ results
+
+    def cached_result(self, cache_key: str) -> str | None:
+        """The id of a successful result with this cache key, if the catalog has one."""
+        if not self.path.exists():
+            return None
+        with self.reader() as con:
+            row = con.execute(
+                "select result_id from results where cache_key = ? and status = 'ok' order by created_at desc limit 1",
+                [cache_key],
+            ).fetchone()
+        return row[0] if row else None
+
+    def record_result(self, r: StoredResult) -> tuple[str, bool]:
+        """Write one result in one transaction. Returns (result_id, written).
+
+        If another process stored a successful result with the same cache key meanwhile, nothing is
+        written and its id is returned, so concurrent runs never duplicate a result.
+        """
+        with self.writer() as con:
+            con.execute("begin transaction")
+            try:
+                if r.status == "ok":
+                    row = con.execute(
+                        "select result_id from results where cache_key = ? and status = 'ok' limit 1", [r.cache_key]
+                    ).fetchone()
+                    if row:
+                        con.execute("rollback")
+                        return row[0], False
+                result_id = uuid.uuid4().hex[:16]
+                con.execute(
+                    "insert into results values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        result_id, r.run_id, r.cache_key, r.probe, r.probe_version,
+                        json.dumps(r.params, sort_keys=True),
+                        [m for m, _ in r.models], [f for _, f in r.models],
+                        [d for d, _ in r.datasets], [f for _, f in r.datasets],
+                        r.status, r.error, r.warnings, r.duration_s, r.device, now(),
+                    ],
+                )
+                if r.metrics:
+                    con.executemany(
+                        "insert into metric_values values (?, ?, ?, ?, ?)",
+                        [[result_id, name, value, model, dataset] for name, value, model, dataset in r.metrics],
+                    )
+                for name, array in r.arrays.items():
+                    con.execute("insert into arrays values (?, ?, ?, ?, ?, ?)", [result_id, name, *_encode(array)])
+                con.execute("commit")
+            except BaseException:
+                con.execute("rollback")
+                raise
+        return result_id, True
+
+    def load_arrays(self, result_id: str) -> dict[str, np.ndarray]:
+        with self.reader() as con:
+            rows = con.execute(
+                "select name, dtype, shape, numbers, strings from arrays where result_id = ?", [result_id]
+            ).fetchall()
+        return {name: _decode(dtype, shape, numbers, strings) for name, dtype, shape, numbers, strings in rows}
+
+    # ------------------------------------------------------------ queries
+
+    def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run SQL on a read-only connection; a write or a file access is refused (UsageError)."""
+        with self.reader() as con:
+            try:
+                cur = con.execute(sql, params or [])
+            except duckdb.Error as e:
+                raise UsageError(f"query failed: {str(e).splitlines()[0]}") from None
+            if cur.description is None:
+                return [], []
+            return [d[0] for d in cur.description], cur.fetchall()
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Apply pending migrations; returns the schema version. Each migration is one transaction."""
+    con.execute(
+        "create table if not exists schema_migrations (version integer, name varchar, applied_at timestamptz)"
+    )
+    current = con.execute("select coalesce(max(version), 0) from schema_migrations").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise UsageError(
+            f"the catalog has schema version {current}, newer than this model-audit knows ({len(MIGRATIONS)}); upgrade"
+        )
+    for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+        if version <= current:
+            continue
+        con.execute("begin transaction")
+        try:
+            con.execute(sql)
+            con.execute("insert into schema_migrations values (?, ?, ?)", [version, name, now()])
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+    return len(MIGRATIONS)
+
+
+def _encode(array: np.ndarray) -> list[Any]:
+    a = np.asarray(array)
+    shape = list(a.shape)
+    if a.dtype.kind in "US" or a.dtype == object:
+        return [a.dtype.str if a.dtype.kind in "US" else "str", shape, None, [str(v) for v in a.ravel()]]
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"cannot store an array of dtype {a.dtype}")
+    return [a.dtype.str, shape, a.astype(np.float64).ravel().tolist(), None]
+
+
+def _decode(dtype: str, shape: list[int], numbers: list[float] | None, strings: list[str] | None) -> np.ndarray:
+    if strings is not None:
+        return np.asarray(strings, dtype=object if dtype == "str" else dtype).reshape(shape)
+    return np.asarray(numbers, dtype=np.float64).astype(np.dtype(dtype)).reshape(shape)

@@ -1,0 +1,373 @@
+"""The `audit` command line: parse, call the core, render with rich. No probe mathematics here.
+
+Exit codes: 0 success; 1 a gate failed (or a job of `audit run` recorded an error); 2 a usage,
+configuration or input error, reported as one line with no traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import sys
+import tomllib
+from collections.abc import Callable
+from datetime import date, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+import audit
+from audit import gates as gates_mod
+from audit.catalog import DEFAULT_WAIT_S, Catalog
+from audit.config import DEFAULT_CATALOG, Config, load_config
+from audit.errors import UsageError
+from audit.plugins import installed_probes, plugin_manager, probe_origins
+
+app = typer.Typer(
+    name="audit",
+    help="Audit trained neural networks like scientific instruments: probes, a DuckDB catalog, CI gates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(fn: F) -> F:
+    """Turn a UsageError into one line on stderr and exit code 2 — never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the audit.toml to use")]
+CatalogOpt = Annotated[
+    Path | None, typer.Option("--catalog", help="catalog file (default: from audit.toml, else .audit/catalog.duckdb)")
+]
+WaitOpt = Annotated[float, typer.Option("--wait", help="seconds to wait for a catalog another process is writing")]
+
+
+def _config(path: Path) -> Config:
+    return load_config(path, installed_probes())
+
+
+def _catalog_path(config: Path, catalog: Path | None) -> Path:
+    """--catalog, else the config's `catalog` key (read without validating the rest), else the default."""
+    if catalog is not None:
+        return catalog
+    if config.exists():
+        try:
+            raw = tomllib.loads(config.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{config}: not valid TOML: {e}") from None
+        value = raw.get("catalog", DEFAULT_CATALOG)
+        if not isinstance(value, str):
+            raise UsageError(f"{config}: catalog: expected a string, got {value!r}")
+        return config.resolve().parent / value
+    return Path(DEFAULT_CATALOG)
+
+
+def _open_catalog(path: Path, wait: float) -> Catalog:
+    return Catalog(path, wait_s=wait, on_wait=lambda m: err.print(f"[yellow]{m}[/]", highlight=False))
+
+
+# ------------------------------------------------------------------ probes
+
+
+@app.command()
+@_one_line_errors
+def probes(
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json")] = OutputFormat.table,
+) -> None:
+    """List the installed probes (built-in and third-party) with version, needs and parameters."""
+    found = installed_probes()
+    origins = probe_origins()
+    if format is OutputFormat.json:
+        out.print_json(json.dumps([{**p.describe(), "plugin": origins[n]} for n, p in found.items()], default=str))
+        return
+    if format is OutputFormat.csv:
+        raise UsageError("--format csv is not available for `audit probes` (use table or json)")
+    table = Table(title=f"{len(found)} installed probe(s)", show_lines=True)
+    for col in ("probe", "version", "needs", "parameters", "description"):
+        table.add_column(col, overflow="fold")
+    for name, p in found.items():
+        needs = p.needs.describe()
+        need_text = "\n".join(f"{k}: {_range(v)}" for k, v in needs.items())
+        params = "\n".join(f"{q.name} ({q.type.__name__}) = {q.default!r}" for q in p.params) or "—"
+        table.add_row(f"[bold]{name}[/]\n[dim]{origins[name]}[/]", p.version, need_text, params, p.description)
+    out.print(table)
+
+
+def _range(bounds: list[int | None]) -> str:
+    lo, hi = bounds
+    if hi is None:
+        return f"{lo}+"
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+# ------------------------------------------------------------------ run
+
+
+class _RichProgressFactory:
+    """Gives each probe a progress bar under the overall jobs bar."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task_id: Any = None
+
+    def __call__(self, total: float, description: str):
+        if self.task_id is not None:
+            self.progress.remove_task(self.task_id)
+        self.task_id = self.progress.add_task(f"  {description}", total=total)
+        progress, task_id = self.progress, self.task_id
+
+        class _Bar:
+            def advance(self, steps: float = 1) -> None:
+                progress.advance(task_id, steps)
+
+        return _Bar()
+
+
+@app.command()
+@_one_line_errors
+def run(
+    probe: Annotated[list[str] | None, typer.Argument(help="probes to run (default: every configured entry)")] = None,
+    config: ConfigOpt = Path("audit.toml"),
+    catalog: CatalogOpt = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="only jobs with this model")] = None,
+    data: Annotated[list[str] | None, typer.Option("--data", "-d", help="only jobs on this dataset")] = None,
+    force: Annotated[bool, typer.Option("--force", help="recompute results already in the catalog")] = False,
+    wait: WaitOpt = DEFAULT_WAIT_S,
+) -> None:
+    """Run what audit.toml configures (or the probes named) and record every result in the catalog."""
+    from audit.runner import Runner, plan, resolve_device
+
+    cfg = _config(config)
+    jobs = plan(cfg, installed_probes(), probe or None, model or None, data or None)
+    if not jobs:
+        err.print("nothing to run: no configured probe entry matches (see `audit probes` and audit.toml)")
+        raise typer.Exit(0)
+    dev = resolve_device(device or cfg.device)
+    cat = _open_catalog(catalog or cfg.catalog, wait)
+    runner = Runner(cfg, cat, dev, force=force)
+    err.print(f"[bold]audit run[/]: {len(jobs)} job(s) on {dev} → {cat.path}", highlight=False)
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        overall = progress.add_task("jobs", total=len(jobs))
+        factory = _RichProgressFactory(progress)
+
+        def started(job, i):
+            progress.update(overall, description=f"jobs · {job.label}")
+
+        def ended(outcome):
+            progress.advance(overall)
+            mark = {"ok": "[green]done[/]", "reused": "[cyan]cached[/]", "error": "[red]error[/]"}[outcome.status]
+            line = f"{mark} {outcome.job.label} ({outcome.duration_s:.2f} s)"
+            if outcome.error:
+                line += f": {outcome.error.splitlines()[0]}"
+            progress.console.print(line, highlight=False)
+            for w in outcome.warnings:
+                progress.console.print(f"  [yellow]warning:[/] {w}", highlight=False)
+
+        summary = runner.run(jobs, sys.argv, factory, started, ended)
+        progress.update(overall, description="jobs")
+    done = {s: sum(o.status == s for o in summary.outcomes) for s in ("ok", "reused", "error")}
+    err.print(
+        f"run {summary.run_id}: {done['ok']} computed, {done['reused']} reused from the catalog, "
+        f"{done['error']} failed", highlight=False,
+    )
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------ query
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (datetime, date)):
+        return v.isoformat()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def render_rows(columns: list[str], rows: list[tuple[Any, ...]], format: OutputFormat) -> str | Table:
+    if format is OutputFormat.json:
+        return json.dumps([{c: _jsonable(v) for c, v in zip(columns, r)} for r in rows], indent=2)
+    if format is OutputFormat.csv:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([[("" if v is None else v) for v in r] for r in rows])
+        return buf.getvalue()
+    table = Table(show_lines=False)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[("" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)) for v in r])
+    return table
+
+
+@app.command()
+@_one_line_errors
+def query(
+    sql: Annotated[str, typer.Argument(help='SQL, e.g. "select * from metrics"')],
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, csv or json")] = OutputFormat.table,
+    config: ConfigOpt = Path("audit.toml"),
+    catalog: CatalogOpt = None,
+    wait: WaitOpt = DEFAULT_WAIT_S,
+) -> None:
+    """Run read-only SQL on the catalog (views: metrics, latest_metrics, run_summary). Writes are refused."""
+    cat = _open_catalog(_catalog_path(config, catalog), wait)
+    columns, rows = cat.query(sql)
+    rendered = render_rows(columns, rows, format)
+    if isinstance(rendered, str):
+        sys.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
+    else:
+        out.print(rendered)
+
+
+# ------------------------------------------------------------------ gate
+
+
+def print_verdicts(verdicts: list[gates_mod.Verdict], console: Console) -> None:
+    table = Table(title="gates")
+    for col in ("verdict", "gate", "model", "dataset", "observed", "detail"):
+        table.add_column(col, overflow="fold")
+    for v in verdicts:
+        mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "missing": "[yellow]MISSING[/]"}[v.status]
+        table.add_row(
+            mark, v.gate.label, v.model or "—", v.dataset or "—",
+            "—" if v.observed is None else f"{v.observed:.4g}", v.reason,
+        )
+    console.print(table)
+
+
+@app.command()
+@_one_line_errors
+def gate(
+    config: ConfigOpt = Path("audit.toml"),
+    catalog: CatalogOpt = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="write JUnit XML here")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="write a Markdown summary here")] = None,
+    wait: WaitOpt = DEFAULT_WAIT_S,
+) -> None:
+    """Check the gates of audit.toml against the latest results: exit 0 all pass, 1 a gate failed, 2 error."""
+    cfg = _config(config)
+    if not cfg.gates:
+        raise UsageError(f"{cfg.path}: no [[gates]] configured")
+    verdicts = gates_mod.evaluate(cfg.gates, _open_catalog(catalog or cfg.catalog, wait))
+    print_verdicts(verdicts, out)
+    for path, text in ((junit, gates_mod.junit_xml), (markdown, gates_mod.markdown)):
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text(verdicts))
+            except OSError as e:
+                raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    code = gates_mod.exit_code(verdicts)
+    passed = sum(v.passed for v in verdicts)
+    (out.print if code == 0 else err.print)(f"{passed} of {len(verdicts)} gate check(s) passed")
+    raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------ demo
+
+
+@app.command()
+@_one_line_errors
+def demo(
+    dir: Annotated[Path, typer.Option("--dir", help="where to write the example project")] = Path("audit-demo"),
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="retrain the models and recompute every result")] = False,
+) -> None:
+    """Build a small real example project (digits, trained MLPs, an OOD variant) and run every probe on it."""
+    from audit.demo import build_project
+
+    project = build_project(dir, console=err, retrain=force)
+    err.print(f"example project: {project}/audit.toml", highlight=False)
+    cfg_path = project / "audit.toml"
+    code = 0
+    try:
+        run(probe=None, config=cfg_path, catalog=None, device=device, model=None, data=None, force=force,
+            wait=DEFAULT_WAIT_S)
+    except typer.Exit as e:
+        code = e.exit_code
+    cfg = _config(cfg_path)
+    cat = _open_catalog(cfg.catalog, DEFAULT_WAIT_S)
+    columns, rows = cat.query(
+        "select probe, model, dataset, metric, value from latest_metrics "
+        "where metric in ('accuracy', 'offdiag_mean', 'offdiag_skew', 'eig_1_share', 'effective_rank', "
+        "'delta_offdiag_mean', 'delta_eig_1_share', 'cross_mean', 'cross_diag_mean') order by probe, model, dataset, metric"
+    )
+    table = render_rows(columns, rows, OutputFormat.table)
+    table.title = "key metrics (all of them: audit query \"select * from metrics\")"
+    out.print(table)
+    verdicts = gates_mod.evaluate(cfg.gates, cat)
+    print_verdicts(verdicts, out)
+    out.print(
+        f"\nNext: cd {project} && audit query \"select model, dataset, metric, value from metrics\"  ·  audit gate"
+    )
+    raise typer.Exit(code or gates_mod.exit_code(verdicts))
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"model-audit {audit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="show the version and exit")
+    ] = False,
+) -> None:
+    """Audit trained neural networks like scientific instruments."""
+
+
+def main() -> None:
+    try:
+        plugin_manager().hook.register_commands(app=app)
+    except UsageError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Versioned, additive schema migrations of the catalog.
+
+Each migration is applied once, in order, inside a transaction, and recorded in ``schema_migrations``.
+Only add migrations at the end and only additively (new tables, ADD COLUMN, CREATE OR REPLACE VIEW):
+DuckDB refuses DROP/RENAME COLUMN and ALTER TYPE on tables with indexes, and readers of older catalogs
+must keep working. Tables are append-only (a run's end is a row of ``run_ends``, not an UPDATE).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "initial schema",
+        """
+        create table runs (
+            run_id varchar not null, started_at timestamptz not null, tool_version varchar, git_commit varchar,
+            host varchar, device varchar, argv varchar, config_path varchar, config_hash varchar,
+            python_version varchar, torch_version varchar, duckdb_version varchar
+        );
+        create table run_ends (
+            run_id varchar not null, finished_at timestamptz not null, status varchar,
+            computed integer, reused integer, failed integer
+        );
+        create table models (
+            fingerprint varchar not null, name varchar not null, spec json, first_seen timestamptz
+        );
+        create table datasets (
+            fingerprint varchar not null, name varchar not null, spec json, n_examples bigint, first_seen timestamptz
+        );
+        create table results (
+            result_id varchar not null, run_id varchar not null, cache_key varchar not null,
+            probe varchar not null, probe_version varchar not null, params json,
+            models varchar[], model_fingerprints varchar[], datasets varchar[], dataset_fingerprints varchar[],
+            status varchar not null, error varchar, warnings varchar[], duration_s double, device varchar,
+            created_at timestamptz not null
+        );
+        create table metric_values (
+            result_id varchar not null, metric varchar not null, value double, model varchar, dataset varchar
+        );
+        create table arrays (
+            result_id varchar not null, name varchar not null, dtype varchar not null, shape integer[],
+            numbers double[], strings varchar[]
+        );
+        create view metrics as
+            select r.run_id, r.result_id, r.probe,
+                   coalesce(m.model, array_to_string(r.models, ',')) as model,
+                   coalesce(m.dataset, array_to_string(r.datasets, ',')) as dataset,
+                   m.metric, m.value, r.created_at, r.probe_version
+            from metric_values m join results r using (result_id)
+            where r.status = 'ok';
+        create view latest_metrics as
+            select * from metrics
+            qualify row_number() over (partition by probe, model, dataset, metric order by created_at desc) = 1;
+        create view run_summary as
+            select r.run_id, r.started_at, e.finished_at, coalesce(e.status, 'interrupted') as status,
+                   e.computed, e.reused, e.failed, r.tool_version, r.git_commit, r.host, r.device, r.argv
+            from runs r left join run_ends e using (run_id);
+        """,
+    ),
+]

@@ -1,0 +1,287 @@
+"""Loading models and datasets from their specs, and their content fingerprints.
+
+Nothing is unpickled unless the config says ``trust = true``: weights load through safetensors or
+``torch.load(weights_only=True)``, arrays through ``np.load(allow_pickle=False)``. Datasets are read
+batch by batch (``.npy`` memory-mapped, ``.parquet`` in chunks through DuckDB), so memory follows the
+batch size, not the dataset size. Fingerprints hash content, not paths, so moving a file keeps its
+cached results and changing a byte invalidates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audit.config import DatasetSpec, ModelSpec
+from audit.errors import UsageError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path, h: Any = None) -> str:
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def import_factory(ref: str, root: Path, what: str) -> Any:
+    """Import ``module:function``; the config's folder is importable so projects keep factories beside it."""
+    module_name, func_name = ref.split(":")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # an import error inside user code is still the user's input error
+        raise UsageError(f"{what}: cannot import module {module_name!r} for factory {ref!r}: {e}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise UsageError(f"{what}: module {module_name!r} has no callable {func_name!r}")
+    return func
+
+
+# ---------------------------------------------------------------- models
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"factory": spec.factory, "kwargs": spec.kwargs}, sort_keys=True, default=str).encode())
+    for p in (spec.weights, spec.torchscript, spec.pickle):
+        if p is not None:
+            h.update(p.suffix.encode())
+            sha256_file(p, h)
+    return h.hexdigest()
+
+
+def _state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{what}: cannot read weights {path.name}: {str(e).splitlines()[0]}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{what}: {path.name} is not a state dict of tensors")
+    return state
+
+
+def load_model(spec: ModelSpec, root: Path, device: torch.device) -> torch.nn.Module:
+    what = f"model {spec.name!r}"
+    if spec.torchscript is not None:
+        try:
+            model = torch.jit.load(str(spec.torchscript), map_location=device)
+        except Exception as e:
+            raise UsageError(f"{what}: cannot load TorchScript {spec.torchscript.name}: {e}") from None
+    elif spec.pickle is not None:  # only reachable with trust = true (checked in config)
+        model = torch.load(spec.pickle, map_location=device, weights_only=False)
+    else:
+        factory = import_factory(spec.factory or "", root, what)
+        try:
+            model = factory(**spec.kwargs)
+        except Exception as e:
+            raise UsageError(f"{what}: factory {spec.factory} failed: {e}") from None
+        if spec.weights is not None:
+            state = _state_dict(spec.weights, what)
+            missing, unexpected = _key_mismatch(model, state)
+            if missing or unexpected:
+                raise UsageError(
+                    f"{what}: weights {spec.weights.name} do not fit the module built by {spec.factory} "
+                    f"(missing: {_few(missing)}; unexpected: {_few(unexpected)})"
+                )
+            model.load_state_dict(state)
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{what}: expected a torch.nn.Module, got {type(model).__name__}")
+    return model.to(device).eval()
+
+
+def _key_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    return sorted(expected - set(state)), sorted(set(state) - expected)
+
+
+def _few(keys: list[str]) -> str:
+    return "none" if not keys else ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+# ---------------------------------------------------------------- datasets
+
+
+@dataclass
+class ArrayData:
+    """A dataset as (possibly memory-mapped) arrays, read batch by batch."""
+
+    name: str
+    inputs: Any  # np.ndarray (maybe memmap) or torch.Tensor, first axis = examples
+    targets: Any | None
+    fingerprint: str
+    task: str | None
+
+    @property
+    def n(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for start in range(0, self.n, batch_size):
+            x = _to_tensor(self.inputs[start : start + batch_size])
+            y = None if self.targets is None else _to_tensor(self.targets[start : start + batch_size], inputs=False)
+            yield x.to(device), (None if y is None else y.to(device))
+
+
+@dataclass
+class ParquetData:
+    """A Parquet dataset read in chunks through DuckDB (no pyarrow needed)."""
+
+    name: str
+    path: Path
+    inputs: list[str]
+    targets: str | None
+    n: int
+    fingerprint: str
+    task: str | None
+
+    def batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        import duckdb
+
+        cols = [*self.inputs, *([self.targets] if self.targets else [])]
+        select = ", ".join(f'"{c}"' for c in cols)
+        con = duckdb.connect()
+        try:
+            for start in range(0, self.n, batch_size):
+                chunk = con.execute(
+                    f"select {select} from read_parquet(?) limit {batch_size} offset {start}", [str(self.path)]
+                ).fetchnumpy()
+                xs = [_column(chunk[c]) for c in self.inputs]
+                x = xs[0] if len(xs) == 1 and xs[0].ndim > 1 else np.column_stack(xs)
+                y = None if not self.targets else _column(chunk[self.targets])
+                yield _to_tensor(x).to(device), (None if y is None else _to_tensor(y, inputs=False).to(device))
+        finally:
+            con.close()
+
+
+def _column(values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == object:  # a list/array column: one array per row
+        return np.stack([np.asarray(v) for v in arr])
+    return arr
+
+
+def _to_tensor(values: Any, inputs: bool = True) -> torch.Tensor:
+    t = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
+    if t.is_floating_point() and inputs:
+        return t.float()
+    return t
+
+
+Dataset = ArrayData | ParquetData
+
+
+def load_dataset(spec: DatasetSpec, root: Path) -> Dataset:
+    what = f"dataset {spec.name!r}"
+    if spec.factory is not None:
+        factory = import_factory(spec.factory, root, what)
+        try:
+            produced = factory(**spec.kwargs)
+        except Exception as e:
+            raise UsageError(f"{what}: factory {spec.factory} failed: {e}") from None
+        arrays = _named_arrays(produced, what)
+        return _array_data(spec, arrays, _arrays_fingerprint(spec, arrays), what)
+    path = spec.path
+    assert path is not None
+    fingerprint = sha256_file(path)
+    if path.suffix == ".parquet":
+        return _parquet_data(spec, path, fingerprint, what)
+    try:
+        if path.suffix == ".npy":
+            key = spec.inputs if isinstance(spec.inputs, str) else "inputs"
+            arrays = {key: np.load(path, mmap_mode="r", allow_pickle=False)}  # a .npy holds inputs only
+        elif path.suffix == ".npz":
+            arrays = dict(np.load(path, allow_pickle=False))
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            arrays = _named_arrays(loaded, what)
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"{what}: cannot read {path.name}: {str(e).splitlines()[0]}") from None
+    return _array_data(spec, arrays, fingerprint, what)
+
+
+def _named_arrays(produced: Any, what: str) -> dict[str, Any]:
+    if isinstance(produced, tuple) and len(produced) == 2:
+        produced = {"inputs": produced[0], "targets": produced[1]}
+    if isinstance(produced, (np.ndarray, torch.Tensor)):
+        produced = {"inputs": produced}
+    if not isinstance(produced, dict):
+        raise UsageError(f"{what}: expected named arrays (a dict), an (inputs, targets) pair or one array")
+    return {k: v if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in produced.items()}
+
+
+def _arrays_fingerprint(spec: DatasetSpec, arrays: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = arrays[key]
+        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.ascontiguousarray(a)
+        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _array_data(spec: DatasetSpec, arrays: dict[str, Any], fingerprint: str, what: str) -> ArrayData:
+    key = spec.inputs if isinstance(spec.inputs, str) else None
+    if key is None:
+        raise UsageError(f"{what}: a list of input columns only applies to .parquet files")
+    if key not in arrays:
+        raise UsageError(f"{what}: no array named {key!r} for inputs (found: {', '.join(arrays) or 'none'}); set inputs = '...'")
+    x = arrays[key]
+    y = None
+    if spec.targets is not None:
+        if spec.targets not in arrays:
+            raise UsageError(f"{what}: no array named {spec.targets!r} for targets (found: {', '.join(arrays)})")
+        y = arrays[spec.targets]
+        if y.shape[0] != x.shape[0]:
+            raise UsageError(f"{what}: inputs have {x.shape[0]} rows but targets have {y.shape[0]}")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise UsageError(f"{what}: inputs are empty")
+    return ArrayData(spec.name, x, y, fingerprint, _task(spec, y))
+
+
+def _task(spec: DatasetSpec, y: Any) -> str | None:
+    if spec.task is not None or y is None:
+        return spec.task
+    dtype = y.dtype
+    is_float = dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.floating)
+    return "regression" if is_float else "classification"
+
+
+def _parquet_data(spec: DatasetSpec, path: Path, fingerprint: str, what: str) -> ParquetData:
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        columns = [r[0] for r in con.execute("describe select * from read_parquet(?)", [str(path)]).fetchall()]
+        n = con.execute("select count(*) from read_parquet(?)", [str(path)]).fetchone()[0]
+        sample = con.execute("select * from read_parquet(?) limit 1", [str(path)]).fetchnumpy()
+    except duckdb.Error as e:
+        raise UsageError(f"{what}: cannot read {path.name}: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
+    inputs = [spec.inputs] if isinstance(spec.inputs, str) else list(spec.inputs)
+    for c in [*inputs, *([spec.targets] if spec.targets else [])]:
+        if c not in columns:
+            raise UsageError(f"{what}: no column {c!r} in {path.name} (columns: {', '.join(columns)})")
+    y = _column(sample[spec.targets]) if spec.targets else None
+    return ParquetData(spec.name, path, inputs, spec.targets, int(n), fingerprint, _task(spec, y))

@@ -1,0 +1,10 @@
+"""The built-in `cka` probe plugin (its probe class lives in :mod:`.probe`)."""
+
+from audit import hookimpl
+
+
+@hookimpl
+def register_probes(register):
+    from model_audit_probes.cka.probe import CKAProbe
+
+    register(CKAProbe())
