@@ -159,16 +159,17 @@ class Catalog:
             ).fetchone()
         return row[0] if row else None
 
-    def record_result(self, r: StoredResult) -> tuple[str, bool]:
+    def record_result(self, r: StoredResult, force: bool = False) -> tuple[str, bool]:
         """Write one result in one transaction. Returns (result_id, written).
 
         If another process stored a successful result with the same cache key meanwhile, nothing is
-        written and its id is returned, so concurrent runs never duplicate a result.
+        written and its id is returned, so concurrent runs never duplicate a result. With ``force`` (a
+        deliberate recomputation) the new result is added beside the old one and becomes the latest.
         """
         with self.writer() as con:
             con.execute("begin transaction")
             try:
-                if r.status == "ok":
+                if r.status == "ok" and not force:
                     row = con.execute(
                         "select result_id from results where cache_key = ? and status = 'ok' limit 1", [r.cache_key]
                     ).fetchone()

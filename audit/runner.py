@@ -257,7 +257,7 @@ class Runner:
             metrics=[(m.name, m.value, m.model, m.dataset) for m in result.metrics] if result else [],
             arrays=dict(result.arrays) if result else {},
         )
-        result_id, written = self.catalog.record_result(stored)
+        result_id, written = self.catalog.record_result(stored, force=self.force)
         status = stored.status if written else "reused"
         return JobOutcome(job, status, result_id, duration, error, stored.warnings)
 

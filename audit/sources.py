@@ -96,11 +96,11 @@ def load_model(spec: ModelSpec, root: Path, device: torch.device) -> torch.nn.Mo
             raise UsageError(f"{what}: factory {spec.factory} failed: {e}") from None
         if spec.weights is not None:
             state = _state_dict(spec.weights, what)
-            missing, unexpected = _key_mismatch(model, state)
-            if missing or unexpected:
+            missing, unexpected, reshaped = _mismatch(model, state)
+            if missing or unexpected or reshaped:
                 raise UsageError(
                     f"{what}: weights {spec.weights.name} do not fit the module built by {spec.factory} "
-                    f"(missing: {_few(missing)}; unexpected: {_few(unexpected)})"
+                    f"(missing: {_few(missing)}; unexpected: {_few(unexpected)}; other shape: {_few(reshaped)})"
                 )
             model.load_state_dict(state)
     if not isinstance(model, torch.nn.Module):
@@ -108,9 +108,13 @@ def load_model(spec: ModelSpec, root: Path, device: torch.device) -> torch.nn.Mo
     return model.to(device).eval()
 
 
-def _key_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    expected = set(model.state_dict())
-    return sorted(expected - set(state)), sorted(set(state) - expected)
+def _mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Keys the module wants but the file lacks, keys it does not know, and keys whose shapes differ."""
+    expected = model.state_dict()
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape
+    ]
+    return sorted(set(expected) - set(state)), sorted(set(state) - set(expected)), reshaped
 
 
 def _few(keys: list[str]) -> str:

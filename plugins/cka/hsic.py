@@ -38,8 +38,12 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
 def gram(features: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Linear Gram XXᵀ of one batch, features column-centred first, returned in float64."""
     x = _flatten(features).to(dtype)
-    x = x - x.mean(dim=0, keepdim=True)
-    return (x @ x.T).to(torch.float64)
+    centred = x - x.mean(dim=0, keepdim=True)
+    # A feature constant up to the dtype's rounding is constant: its rounding residue would otherwise pass
+    # for signal and give a dead layer a self-HSIC of ±1e-16 (a sign decided by rounding) instead of 0.
+    resolution = x.abs().amax(dim=0) * (16 * torch.finfo(dtype).eps)
+    centred = centred * (centred.abs().amax(dim=0) > resolution)
+    return (centred @ centred.T).to(torch.float64)
 
 
 def center_grams(grams: torch.Tensor, estimator: str = "unbiased") -> torch.Tensor:

@@ -21,7 +21,7 @@ def offdiagonal(matrix: np.ndarray) -> np.ndarray:
 def spectrum(matrix: np.ndarray) -> np.ndarray:
     """Eigenvalues, descending, of the symmetrised matrix (M+Mᵀ)/2 restricted to layers with finite CKA."""
     m = np.asarray(matrix, dtype=np.float64)
-    ok = np.all(np.isfinite(m), axis=1) & np.all(np.isfinite(m), axis=0)
+    ok = np.isfinite(np.diag(m))  # a layer with undefined self-similarity is left out whole
     sym = (m[np.ix_(ok, ok)] + m[np.ix_(ok, ok)].T) / 2
     if sym.size == 0:
         return np.zeros(0)
@@ -45,7 +45,8 @@ def summarise(matrix: np.ndarray, n_eigenvalues: int = 3) -> dict[str, float]:
     out = {
         "offdiag_mean": float(off.mean()) if off.size else float("nan"),
         "offdiag_median": float(np.median(off)) if off.size else float("nan"),
-        "offdiag_skew": float(stats.skew(off)) if off.size > 2 else float("nan"),
+        # skewness of identical values is undefined (0/0): NaN, without scipy's precision warning
+        "offdiag_skew": float(stats.skew(off)) if off.size > 2 and np.ptp(off) > 0 else float("nan"),
         "effective_rank": effective_rank(eig),
         "eig_1_share": float(eig[0] / np.clip(eig, 0, None).sum()) if eig.size and eig[0] > 0 else float("nan"),
         "layers": float(np.asarray(matrix).shape[0]),

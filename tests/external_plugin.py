@@ -1,0 +1,64 @@
+"""A third-party probe, installed the way pip installs one: a module plus a .dist-info with entry points.
+
+Put the returned folder on PYTHONPATH and importlib.metadata discovers the distribution, so the probe
+reaches `audit` through the ``model_audit`` entry-point group with no change to the core.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROBE_SOURCE = '''
+"""An external probe used by model-audit's tests: mean of the model output; can sleep or fail on request."""
+import time
+
+from audit import Needs, Param, Probe, ProbeResult, hookimpl
+
+
+class OutputMean(Probe):
+    name = "output_mean"
+    version = "0.3.0"
+    description = "Mean and count of the model's outputs over a dataset (an external test plugin)."
+    params = (
+        Param("batch_size", int, 32, "examples per batch", min=1),
+        Param("sleep", float, 0.0, "seconds to sleep before finishing (for fault tests)", min=0),
+        Param("fail_on", str, "", "raise when the model has this name"),
+    )
+    needs = Needs(models=(1, 1), datasets=(1, 1))
+
+    def run(self, ctx, params):
+        model, data = ctx.models[0], ctx.datasets[0]
+        if params["fail_on"] == model.name:
+            raise RuntimeError(f"deliberate failure for {model.name}")
+        bar = ctx.progress(data.n, "output_mean")
+        total, count = 0.0, 0
+        for x, _ in data.batches(params["batch_size"], ctx.device):
+            out = model.load()(x)
+            total += float(out.double().sum())
+            count += out.numel()
+            bar.advance(x.shape[0])
+        time.sleep(params["sleep"])
+        result = ProbeResult()
+        result.metric("output_mean", total / count)
+        result.metric("outputs", count)
+        result.metric("random_draw", float(ctx.rng.random()))
+        result.array("first_output", out[0].detach().cpu().numpy())
+        return result
+
+
+@hookimpl
+def register_probes(register):
+    register(OutputMean())
+'''
+
+
+def install_external_plugin(folder: Path) -> Path:
+    """Write the plugin module and its .dist-info into `folder`; return the folder (for PYTHONPATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "audit_output_mean.py").write_text(PROBE_SOURCE)
+    info = folder / "audit_output_mean-0.3.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: audit-output-mean\nVersion: 0.3.0\n")
+    (info / "entry_points.txt").write_text("[model_audit]\noutput_mean = audit_output_mean\n")
+    (info / "top_level.txt").write_text("audit_output_mean\n")
+    return folder

@@ -1,0 +1,40 @@
+"""A probe defined outside the package shows up in `audit probes` and runs under `audit run`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from conftest import run_audit
+from external_plugin import install_external_plugin
+
+
+def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_project, tmp_path):
+    site = install_external_plugin(tmp_path / "site")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+    listed = run_audit("probes", "--format", "json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    probes = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert set(probes) >= {"cka", "output_mean"}
+    assert probes["output_mean"]["version"] == "0.3.0"
+    assert probes["output_mean"]["plugin"] == "audit-output-mean 0.3.0"
+    assert [p["name"] for p in probes["output_mean"]["params"]] == ["batch_size", "sleep", "fail_on"]
+    assert probes["output_mean"]["needs"] == {"models": [1, 1], "datasets": [1, 1]}
+
+    # named on the command line, not configured: runs on every configured model × dataset (2 × 2)
+    ran = run_audit("run", "output_mean", "--config", str(demo_project / "audit.toml"), env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert "4 computed" in ran.stderr
+    q = run_audit(
+        "query", "select model, dataset, value from metrics where probe = 'output_mean' and metric = 'outputs' "
+        "order by model, dataset", "--format", "json", "--config", str(demo_project / "audit.toml"), env=env,
+    )
+    rows = json.loads(q.stdout)
+    assert [(r["model"], r["dataset"]) for r in rows] == [
+        ("mlp_a", "digits_rotated"), ("mlp_a", "digits_test"), ("mlp_b", "digits_rotated"), ("mlp_b", "digits_test"),
+    ]
+    assert all(r["value"] == 540 * 10 for r in rows)  # 540 test digits × 10 logits
+
+    # without the plugin on the path the probe is simply not there
+    assert "output_mean" not in run_audit("probes", "--format", "json").stdout
