@@ -39,10 +39,7 @@ def resolve_layers(model: torch.nn.Module, patterns: list[str] | None) -> list[s
     modules = [name for name, _ in model.named_modules() if name]
     chosen: list[str] = []
     for pattern in patterns:
-        if pattern == OUTPUT:
-            matched = [OUTPUT]
-        else:
-            matched = [n for n in modules if fnmatch.fnmatchcase(n, pattern)]
+        matched = [OUTPUT] if pattern == OUTPUT else [n for n in modules if fnmatch.fnmatchcase(n, pattern)]
         if not matched:
             sample = ", ".join(modules[:8]) + (" …" if len(modules) > 8 else "")
             raise ProbeInputError(f"layer pattern {pattern!r} matches no module (modules: {sample})")
@@ -93,11 +90,17 @@ def stream_activations(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
     layers: list[str],
 ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]]:
-    """Yield (activations in ``layers`` order, model output, targets) for each batch, under no_grad."""
-    with hooked(model, layers) as store, torch.inference_mode():
+    """Yield (activations in ``layers`` order, model output, targets) for each batch; forwards run under no_grad.
+
+    The grad mode is switched around each forward only, never across a ``yield``: a context manager held
+    open by a suspended generator would leak into the caller (and two interleaved streams would restore
+    each other's state in the wrong order, leaving autograd off for the rest of the process).
+    """
+    with hooked(model, layers) as store:
         for x, y in batches:
             store.clear()
-            out = _first_tensor(model(x))
+            with torch.no_grad():
+                out = _first_tensor(model(x))
             if out is None:
                 raise ProbeInputError("the model's output is not a tensor")
             missing = [n for n in layers if n != OUTPUT and n not in store]

@@ -58,7 +58,9 @@ class StoredResult:
 
 
 class Catalog:
-    def __init__(self, path: Path, wait_s: float = DEFAULT_WAIT_S, on_wait: Callable[[str], None] | None = None):
+    def __init__(
+        self, path: Path, wait_s: float = DEFAULT_WAIT_S, on_wait: Callable[[str], None] | None = None
+    ):
         self.path = Path(path)
         self.wait_s = wait_s
         self.on_wait = on_wait or (lambda message: None)
@@ -87,7 +89,9 @@ class Catalog:
                         "(another `audit run` is writing it); try again when it finishes, or raise --wait"
                     ) from None
                 if not told:
-                    self.on_wait(f"catalog {self.path} is busy (another audit process is writing it); waiting…")
+                    self.on_wait(
+                        f"catalog {self.path} is busy (another audit process is writing it); waiting…"
+                    )
                     told = True
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.5)
@@ -127,7 +131,8 @@ class Catalog:
     def finish_run(self, run_id: str, status: str, computed: int, reused: int, failed: int) -> None:
         with self.writer() as con:
             con.execute(
-                "insert into run_ends values (?, ?, ?, ?, ?, ?)", [run_id, now(), status, computed, reused, failed]
+                "insert into run_ends values (?, ?, ?, ?, ?, ?)",
+                [run_id, now(), status, computed, reused, failed],
             )
 
     def record_sources(self, kind: str, rows: list[tuple[str, str, dict[str, Any], int | None]]) -> None:
@@ -140,10 +145,13 @@ class Catalog:
                 if seen:
                     continue
                 if kind == "models":
-                    con.execute("insert into models values (?, ?, ?, ?)", [fingerprint, name, json.dumps(spec), now()])
+                    con.execute(
+                        "insert into models values (?, ?, ?, ?)", [fingerprint, name, json.dumps(spec), now()]
+                    )
                 else:
                     con.execute(
-                        "insert into datasets values (?, ?, ?, ?, ?)", [fingerprint, name, json.dumps(spec), n, now()]
+                        "insert into datasets values (?, ?, ?, ?, ?)",
+                        [fingerprint, name, json.dumps(spec), n, now()],
                     )
 
     # ------------------------------------------------------------ results
@@ -171,7 +179,8 @@ class Catalog:
             try:
                 if r.status == "ok" and not force:
                     row = con.execute(
-                        "select result_id from results where cache_key = ? and status = 'ok' limit 1", [r.cache_key]
+                        "select result_id from results where cache_key = ? and status = 'ok' limit 1",
+                        [r.cache_key],
                     ).fetchone()
                     if row:
                         con.execute("rollback")
@@ -180,20 +189,36 @@ class Catalog:
                 con.execute(
                     "insert into results values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        result_id, r.run_id, r.cache_key, r.probe, r.probe_version,
+                        result_id,
+                        r.run_id,
+                        r.cache_key,
+                        r.probe,
+                        r.probe_version,
                         json.dumps(r.params, sort_keys=True),
-                        [m for m, _ in r.models], [f for _, f in r.models],
-                        [d for d, _ in r.datasets], [f for _, f in r.datasets],
-                        r.status, r.error, r.warnings, r.duration_s, r.device, now(),
+                        [m for m, _ in r.models],
+                        [f for _, f in r.models],
+                        [d for d, _ in r.datasets],
+                        [f for _, f in r.datasets],
+                        r.status,
+                        r.error,
+                        r.warnings,
+                        r.duration_s,
+                        r.device,
+                        now(),
                     ],
                 )
                 if r.metrics:
                     con.executemany(
                         "insert into metric_values values (?, ?, ?, ?, ?)",
-                        [[result_id, name, value, model, dataset] for name, value, model, dataset in r.metrics],
+                        [
+                            [result_id, name, value, model, dataset]
+                            for name, value, model, dataset in r.metrics
+                        ],
                     )
                 for name, array in r.arrays.items():
-                    con.execute("insert into arrays values (?, ?, ?, ?, ?, ?)", [result_id, name, *_encode(array)])
+                    con.execute(
+                        "insert into arrays values (?, ?, ?, ?, ?, ?)", [result_id, name, *_encode(array)]
+                    )
                 con.execute("commit")
             except BaseException:
                 con.execute("rollback")
@@ -205,7 +230,9 @@ class Catalog:
             rows = con.execute(
                 "select name, dtype, shape, numbers, strings from arrays where result_id = ?", [result_id]
             ).fetchall()
-        return {name: _decode(dtype, shape, numbers, strings) for name, dtype, shape, numbers, strings in rows}
+        return {
+            name: _decode(dtype, shape, numbers, strings) for name, dtype, shape, numbers, strings in rows
+        }
 
     # ------------------------------------------------------------ queries
 
@@ -255,7 +282,9 @@ def _encode(array: np.ndarray) -> list[Any]:
     return [a.dtype.str, shape, a.astype(np.float64).ravel().tolist(), None]
 
 
-def _decode(dtype: str, shape: list[int], numbers: list[float] | None, strings: list[str] | None) -> np.ndarray:
+def _decode(
+    dtype: str, shape: list[int], numbers: list[float] | None, strings: list[str] | None
+) -> np.ndarray:
     if strings is not None:
         return np.asarray(strings, dtype=object if dtype == "str" else dtype).reshape(shape)
     return np.asarray(numbers, dtype=np.float64).astype(np.dtype(dtype)).reshape(shape)

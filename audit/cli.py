@@ -11,17 +11,26 @@ import functools
 import io
 import json
 import math
+import re
 import sys
-import tomllib
 from collections.abc import Callable
 from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import rich.markup
+import tomllib
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 import audit
@@ -52,10 +61,20 @@ def _one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UsageError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {_one_line(str(e))}", highlight=False, soft_wrap=True, markup=True
+            )
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _one_line(message: str) -> str:
+    """Errors from libraries may carry terminal colour codes or several lines; the CLI shows one clean line."""
+    return rich.markup.escape(" ".join(_ANSI.sub("", message).split()))
 
 
 class OutputFormat(str, Enum):
@@ -66,9 +85,12 @@ class OutputFormat(str, Enum):
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the audit.toml to use")]
 CatalogOpt = Annotated[
-    Path | None, typer.Option("--catalog", help="catalog file (default: from audit.toml, else .audit/catalog.duckdb)")
+    Path | None,
+    typer.Option("--catalog", help="catalog file (default: from audit.toml, else .audit/catalog.duckdb)"),
 ]
-WaitOpt = Annotated[float, typer.Option("--wait", help="seconds to wait for a catalog another process is writing")]
+WaitOpt = Annotated[
+    float, typer.Option("--wait", help="seconds to wait for a catalog another process is writing")
+]
 
 
 def _config(path: Path) -> Config:
@@ -101,13 +123,17 @@ def _open_catalog(path: Path, wait: float) -> Catalog:
 @app.command()
 @_one_line_errors
 def probes(
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json")] = OutputFormat.table,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table or json")
+    ] = OutputFormat.table,
 ) -> None:
     """List the installed probes (built-in and third-party) with version, needs and parameters."""
     found = installed_probes()
     origins = probe_origins()
     if format is OutputFormat.json:
-        out.print_json(json.dumps([{**p.describe(), "plugin": origins[n]} for n, p in found.items()], default=str))
+        out.print_json(
+            json.dumps([{**p.describe(), "plugin": origins[n]} for n, p in found.items()], default=str)
+        )
         return
     if format is OutputFormat.csv:
         raise UsageError("--format csv is not available for `audit probes` (use table or json)")
@@ -118,7 +144,9 @@ def probes(
         needs = p.needs.describe()
         need_text = "\n".join(f"{k}: {_range(v)}" for k, v in needs.items())
         params = "\n".join(f"{q.name} ({q.type.__name__}) = {q.default!r}" for q in p.params) or "—"
-        table.add_row(f"[bold]{name}[/]\n[dim]{origins[name]}[/]", p.version, need_text, params, p.description)
+        table.add_row(
+            f"[bold]{name}[/]\n[dim]{origins[name]}[/]", p.version, need_text, params, p.description
+        )
     out.print(table)
 
 
@@ -155,11 +183,15 @@ class _RichProgressFactory:
 @app.command()
 @_one_line_errors
 def run(
-    probe: Annotated[list[str] | None, typer.Argument(help="probes to run (default: every configured entry)")] = None,
+    probe: Annotated[
+        list[str] | None, typer.Argument(help="probes to run (default: every configured entry)")
+    ] = None,
     config: ConfigOpt = Path("audit.toml"),
     catalog: CatalogOpt = None,
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = None,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="only jobs with this model")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="only jobs with this model")
+    ] = None,
     data: Annotated[list[str] | None, typer.Option("--data", "-d", help="only jobs on this dataset")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute results already in the catalog")] = False,
     wait: WaitOpt = DEFAULT_WAIT_S,
@@ -177,7 +209,10 @@ def run(
     runner = Runner(cfg, cat, dev, force=force)
     err.print(f"[bold]audit run[/]: {len(jobs)} job(s) on {dev} → {cat.path}", highlight=False)
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
@@ -189,7 +224,9 @@ def run(
 
         def ended(outcome):
             progress.advance(overall)
-            mark = {"ok": "[green]done[/]", "reused": "[cyan]cached[/]", "error": "[red]error[/]"}[outcome.status]
+            mark = {"ok": "[green]done[/]", "reused": "[cyan]cached[/]", "error": "[red]error[/]"}[
+                outcome.status
+            ]
             line = f"{mark} {outcome.job.label} ({outcome.duration_s:.2f} s)"
             if outcome.error:
                 line += f": {outcome.error.splitlines()[0]}"
@@ -202,7 +239,8 @@ def run(
     done = {s: sum(o.status == s for o in summary.outcomes) for s in ("ok", "reused", "error")}
     err.print(
         f"run {summary.run_id}: {done['ok']} computed, {done['reused']} reused from the catalog, "
-        f"{done['error']} failed", highlight=False,
+        f"{done['error']} failed",
+        highlight=False,
     )
     if summary.failed:
         raise typer.Exit(1)
@@ -227,7 +265,9 @@ def _jsonable(v: Any) -> Any:
 
 def render_rows(columns: list[str], rows: list[tuple[Any, ...]], format: OutputFormat) -> str | Table:
     if format is OutputFormat.json:
-        return json.dumps([{c: _jsonable(v) for c, v in zip(columns, r)} for r in rows], indent=2)
+        return json.dumps(
+            [{c: _jsonable(v) for c, v in zip(columns, r, strict=True)} for r in rows], indent=2
+        )
     if format is OutputFormat.csv:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -246,7 +286,9 @@ def render_rows(columns: list[str], rows: list[tuple[Any, ...]], format: OutputF
 @_one_line_errors
 def query(
     sql: Annotated[str, typer.Argument(help='SQL, e.g. "select * from metrics"')],
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, csv or json")] = OutputFormat.table,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table, csv or json")
+    ] = OutputFormat.table,
     config: ConfigOpt = Path("audit.toml"),
     catalog: CatalogOpt = None,
     wait: WaitOpt = DEFAULT_WAIT_S,
@@ -271,8 +313,12 @@ def print_verdicts(verdicts: list[gates_mod.Verdict], console: Console) -> None:
     for v in verdicts:
         mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "missing": "[yellow]MISSING[/]"}[v.status]
         table.add_row(
-            mark, v.gate.label, v.model or "—", v.dataset or "—",
-            "—" if v.observed is None else f"{v.observed:.4g}", v.reason,
+            mark,
+            v.gate.label,
+            v.model or "—",
+            v.dataset or "—",
+            "—" if v.observed is None else f"{v.observed:.4g}",
+            v.reason,
         )
     console.print(table)
 
@@ -311,9 +357,13 @@ def gate(
 @app.command()
 @_one_line_errors
 def demo(
-    dir: Annotated[Path, typer.Option("--dir", help="where to write the example project")] = Path("audit-demo"),
+    dir: Annotated[Path, typer.Option("--dir", help="where to write the example project")] = Path(
+        "audit-demo"
+    ),
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="retrain the models and recompute every result")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="retrain the models and recompute every result")
+    ] = False,
 ) -> None:
     """Build a small real example project (digits, trained MLPs, an OOD variant) and run every probe on it."""
     from audit.demo import build_project
@@ -323,8 +373,16 @@ def demo(
     cfg_path = project / "audit.toml"
     code = 0
     try:
-        run(probe=None, config=cfg_path, catalog=None, device=device, model=None, data=None, force=force,
-            wait=DEFAULT_WAIT_S)
+        run(
+            probe=None,
+            config=cfg_path,
+            catalog=None,
+            device=device,
+            model=None,
+            data=None,
+            force=force,
+            wait=DEFAULT_WAIT_S,
+        )
     except typer.Exit as e:
         code = e.exit_code
     cfg = _config(cfg_path)
@@ -335,12 +393,12 @@ def demo(
         "'delta_offdiag_mean', 'delta_eig_1_share', 'cross_mean', 'cross_diag_mean') order by probe, model, dataset, metric"
     )
     table = render_rows(columns, rows, OutputFormat.table)
-    table.title = "key metrics (all of them: audit query \"select * from metrics\")"
+    table.title = 'key metrics (all of them: audit query "select * from metrics")'
     out.print(table)
     verdicts = gates_mod.evaluate(cfg.gates, cat)
     print_verdicts(verdicts, out)
     out.print(
-        f"\nNext: cd {project} && audit query \"select model, dataset, metric, value from metrics\"  ·  audit gate"
+        f'\nNext: cd {project} && audit query "select model, dataset, metric, value from metrics"  ·  audit gate'
     )
     raise typer.Exit(code or gates_mod.exit_code(verdicts))
 

@@ -17,10 +17,11 @@ Layout of the file (all paths relative to the file's folder)::
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from audit.errors import ConfigError
 from audit.probe import Probe
@@ -77,7 +78,12 @@ class GateSpec:
         if self.name:
             return self.name
         bounds = " and ".join(
-            s for s in (f">= {self.min:g}" if self.min is not None else "", f"<= {self.max:g}" if self.max is not None else "") if s
+            s
+            for s in (
+                f">= {self.min:g}" if self.min is not None else "",
+                f"<= {self.max:g}" if self.max is not None else "",
+            )
+            if s
         )
         rel = f" - {self.baseline}" if self.baseline else ""
         return f"{self.probe}.{self.metric}{rel} {bounds}"
@@ -116,7 +122,9 @@ class _Table:
             if k not in allowed:
                 raise self.error(k, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+    def get(
+        self, name: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False
+    ) -> Any:
         if name not in self.data:
             if required:
                 raise self.error(name, "missing (required)")
@@ -140,7 +148,14 @@ class _Table:
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -172,7 +187,9 @@ def _model(file: Path, root: Path, name: str, data: Any) -> ModelSpec:
     trust = t.get("trust", bool, False)
     if sum(x is not None for x in (factory, torchscript, pickled)) != 1:
         raise ConfigError(
-            file, t.key, "expected exactly one of: factory (with weights), torchscript, or pickle (with trust = true)"
+            file,
+            t.key,
+            "expected exactly one of: factory (with weights), torchscript, or pickle (with trust = true)",
         )
     if weights is not None and factory is None:
         raise t.error("weights", "weights need a factory = 'module:function' that builds the module")
@@ -214,7 +231,9 @@ def _check_arity(t: _Table, key: str, given: list[str], bounds: tuple[int, int |
         raise t.error(key, f"probe {probe!r} takes at most {hi} per job, got {len(given)}")
 
 
-def _probe_entry(file: Path, index: int, data: Any, cfg_models: dict, cfg_data: dict, probes: dict[str, Probe]):
+def _probe_entry(
+    file: Path, index: int, data: Any, cfg_models: dict, cfg_data: dict, probes: dict[str, Probe]
+):
     t = _Table(file, f"probes[{index}]", data)
     t.only({"probe", "models", "datasets", "params"})
     name = t.get("probe", str, required=True)
@@ -255,14 +274,27 @@ def _gate(file: Path, index: int, data: Any, cfg: dict[str, Any], probes: dict[s
         raise t.error("min", f"min ({lo}) is above max ({hi})")
     model = t.get("model", str)
     baseline = t.get("baseline", str)
-    for key, value in (("model", model), ("baseline", baseline)):
-        if value is not None and value not in cfg["models"]:
-            raise t.error(key, f"unknown model {value!r} (defined: {', '.join(cfg['models']) or 'none'})")
     dataset = t.get("dataset", str)
+    # a job over several models/datasets is labelled by their comma-joined names ("mlp_a,mlp_b")
+    for key, value, kind in (
+        ("model", model, "models"),
+        ("baseline", baseline, "models"),
+        ("dataset", dataset, "datasets"),
+    ):
+        for part in (value or "").split(",") if value else []:
+            if part not in cfg[kind]:
+                defined = ", ".join(cfg[kind]) or "none"
+                raise t.error(key, f"unknown {kind[:-1]} {part!r} (defined: {defined})")
     return GateSpec(
-        index, probe, t.get("metric", str, required=True),
-        None if lo is None else float(lo), None if hi is None else float(hi),
-        model, dataset, baseline, t.get("name", str, ""),
+        index,
+        probe,
+        t.get("metric", str, required=True),
+        None if lo is None else float(lo),
+        None if hi is None else float(hi),
+        model,
+        dataset,
+        baseline,
+        t.get("name", str, ""),
     )
 
 
@@ -270,7 +302,9 @@ def load_config(path: Path, probes: dict[str, Probe]) -> Config:
     """Parse and validate audit.toml against the installed probes."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(path, "", "file not found (create an audit.toml, pass --config, or try `audit demo`)")
+        raise ConfigError(
+            path, "", "file not found (create an audit.toml, pass --config, or try `audit demo`)"
+        )
     raw_bytes = path.read_bytes()
     try:
         raw = tomllib.loads(raw_bytes.decode("utf-8"))
@@ -279,17 +313,29 @@ def load_config(path: Path, probes: dict[str, Probe]) -> Config:
     root = path.resolve().parent
     top = _Table(path, "", raw)
     top.only({"catalog", "seed", "device", "models", "datasets", "probes", "gates"})
-    models = {n: _model(path, root, n, d) for n, d in _Table(path, "models", top.get("models", dict, {})).data.items()}
+    models = {
+        n: _model(path, root, n, d)
+        for n, d in _Table(path, "models", top.get("models", dict, {})).data.items()
+    }
     datasets = {
-        n: _dataset(path, root, n, d) for n, d in _Table(path, "datasets", top.get("datasets", dict, {})).data.items()
+        n: _dataset(path, root, n, d)
+        for n, d in _Table(path, "datasets", top.get("datasets", dict, {})).data.items()
     }
     probe_list = top.get("probes", list, [])
     entries = [_probe_entry(path, i, d, models, datasets, probes) for i, d in enumerate(probe_list)]
-    gates = [_gate(path, i, d, {"models": models}, probes) for i, d in enumerate(top.get("gates", list, []))]
+    known = {"models": models, "datasets": datasets}
+    gates = [_gate(path, i, d, known, probes) for i, d in enumerate(top.get("gates", list, []))]
     device = top.get("device", str, "auto")
     catalog = (root / top.get("catalog", str, DEFAULT_CATALOG)).resolve()
     return Config(
-        path=path.resolve(), root=root, catalog=catalog, seed=top.get("seed", int, 0), device=device,
-        models=models, datasets=datasets, probes=entries, gates=gates,
+        path=path.resolve(),
+        root=root,
+        catalog=catalog,
+        seed=top.get("seed", int, 0),
+        device=device,
+        models=models,
+        datasets=datasets,
+        probes=entries,
+        gates=gates,
         text_hash=hashlib.sha256(raw_bytes).hexdigest(),
     )

@@ -56,9 +56,13 @@ class DatasetHandle:
     n: int
     task: str | None  # "classification", "regression", or None when there are no targets
     has_targets: bool
-    _batches: Callable[[int, torch.device], Iterable[tuple[torch.Tensor, torch.Tensor | None]]] = field(repr=False)
+    _batches: Callable[[int, torch.device], Iterable[tuple[torch.Tensor, torch.Tensor | None]]] = field(
+        repr=False
+    )
 
-    def batches(self, batch_size: int, device: torch.device) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+    def batches(
+        self, batch_size: int, device: torch.device
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
         return self._batches(batch_size, device)
 
 

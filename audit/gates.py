@@ -75,9 +75,16 @@ def evaluate(gates: list[GateSpec], catalog: Catalog) -> list[Verdict]:
             if not rows:
                 where = ", ".join(f"{k}={v}" for k, v in (("model", g.model), ("dataset", g.dataset)) if v)
                 verdicts.append(
-                    Verdict(g, g.model, g.dataset, None, None, "missing",
-                            f"no stored value of {g.probe}.{g.metric}{' for ' + where if where else ''} "
-                            "(run `audit run` first)")
+                    Verdict(
+                        g,
+                        g.model,
+                        g.dataset,
+                        None,
+                        None,
+                        "missing",
+                        f"no stored value of {g.probe}.{g.metric}{' for ' + where if where else ''} "
+                        "(run `audit run` first)",
+                    )
                 )
                 continue
             for model, dataset, value in rows:
@@ -89,16 +96,30 @@ def evaluate(gates: list[GateSpec], catalog: Catalog) -> list[Verdict]:
                     ).fetchone()
                     if hit is None:
                         verdicts.append(
-                            Verdict(g, model, dataset, value, None, "missing",
-                                    f"no stored value of {g.metric} for baseline model {g.baseline!r} on {dataset}")
+                            Verdict(
+                                g,
+                                model,
+                                dataset,
+                                value,
+                                None,
+                                "missing",
+                                f"no stored value of {g.metric} for baseline model {g.baseline!r} on {dataset}",
+                            )
                         )
                         continue
                     base = hit[0]
                 observed = value - base if base is not None else value
                 problem = _check(g, observed)
                 verdicts.append(
-                    Verdict(g, model, dataset, value, base, "fail" if problem else "pass",
-                            problem or f"{observed:.6g} {_threshold_text(g)}")
+                    Verdict(
+                        g,
+                        model,
+                        dataset,
+                        value,
+                        base,
+                        "fail" if problem else "pass",
+                        problem or f"{observed:.6g} {_threshold_text(g)}",
+                    )
                 )
     return verdicts
 
@@ -109,13 +130,17 @@ def exit_code(verdicts: list[Verdict]) -> int:
 
 def junit_xml(verdicts: list[Verdict]) -> str:
     suite = ET.Element(
-        "testsuite", name="audit gates", tests=str(len(verdicts)),
+        "testsuite",
+        name="audit gates",
+        tests=str(len(verdicts)),
         failures=str(sum(v.status == "fail" for v in verdicts)),
         errors=str(sum(v.status == "missing" for v in verdicts)),
     )
     for v in verdicts:
         case = ET.SubElement(
-            suite, "testcase", classname=f"audit.{v.gate.probe}",
+            suite,
+            "testcase",
+            classname=f"audit.{v.gate.probe}",
             name=f"{v.gate.label} [model={v.model or '*'}, dataset={v.dataset or '*'}]",
         )
         if v.status == "fail":
@@ -141,7 +166,11 @@ def _fmt(x: float | None) -> str:
 
 def markdown(verdicts: list[Verdict]) -> str:
     passed = sum(v.passed for v in verdicts)
-    head = "✅ all gates pass" if passed == len(verdicts) else f"❌ {len(verdicts) - passed} of {len(verdicts)} gate checks failed"
+    head = (
+        "✅ all gates pass"
+        if passed == len(verdicts)
+        else f"❌ {len(verdicts) - passed} of {len(verdicts)} gate checks failed"
+    )
     lines = [
         f"## model-audit gates: {head}",
         "",

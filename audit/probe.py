@@ -15,7 +15,13 @@ import numpy as np
 if TYPE_CHECKING:
     from audit.context import Context
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list of strings"}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    list: "a list of strings",
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,12 @@ class Param:
         return value
 
     def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name, "type": self.type.__name__, "default": self.default, "help": self.help}
+        d: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type.__name__,
+            "default": self.default,
+            "help": self.help,
+        }
         if self.choices is not None:
             d["choices"] = list(self.choices)
         if self.min is not None:
@@ -109,7 +120,9 @@ class ProbeResult:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def metric(self, name: str, value: float, *, model: str | None = None, dataset: str | None = None) -> None:
+    def metric(
+        self, name: str, value: float, *, model: str | None = None, dataset: str | None = None
+    ) -> None:
         self.metrics.append(Metric(name, float(value), model, dataset))
 
     def array(self, name: str, value: Any) -> None:

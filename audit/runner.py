@@ -8,6 +8,7 @@ so an interrupted run loses only the job in flight and the next run resumes from
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import itertools
@@ -69,7 +70,9 @@ def plan(
             raise UsageError(f"unknown probe {name!r} (installed: {', '.join(probes) or 'none'})")
     for name in only_models or []:
         if name not in config.models:
-            raise UsageError(f"unknown model {name!r} (in {config.path.name}: {', '.join(config.models) or 'none'})")
+            raise UsageError(
+                f"unknown model {name!r} (in {config.path.name}: {', '.join(config.models) or 'none'})"
+            )
     for name in only_datasets or []:
         if name not in config.datasets:
             raise UsageError(
@@ -81,7 +84,8 @@ def plan(
             probe = probes[name]
             entries.append(
                 ProbeEntry(
-                    -1, name,
+                    -1,
+                    name,
                     only_models or list(config.models) if probe.needs.models[0] else [],
                     only_datasets or list(config.datasets) if probe.needs.datasets[0] else [],
                     probe.validate_params({}),
@@ -93,7 +97,8 @@ def plan(
             continue
         probe = probes[entry.probe]
         for models, datasets in itertools.product(
-            _split(entry.models, probe.needs.models) or [()], _split(entry.datasets, probe.needs.datasets) or [()]
+            _split(entry.models, probe.needs.models) or [()],
+            _split(entry.datasets, probe.needs.datasets) or [()],
         ):
             if only_models and not set(models) & set(only_models):
                 continue
@@ -104,9 +109,14 @@ def plan(
     return jobs
 
 
-def _check_counts(probe: Probe, entry: ProbeEntry, models: tuple[str, ...], datasets: tuple[str, ...]) -> None:
+def _check_counts(
+    probe: Probe, entry: ProbeEntry, models: tuple[str, ...], datasets: tuple[str, ...]
+) -> None:
     where = f"probes[{entry.index}]" if entry.index >= 0 else f"probe {probe.name!r}"
-    for what, got, (lo, hi) in (("models", models, probe.needs.models), ("datasets", datasets, probe.needs.datasets)):
+    for what, got, (lo, hi) in (
+        ("models", models, probe.needs.models),
+        ("datasets", datasets, probe.needs.datasets),
+    ):
         if len(got) < lo or (hi is not None and len(got) > hi):
             want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any number'}"
             raise UsageError(f"{where}: probe {probe.name!r} takes {want} {what} per job, got {len(got)}")
@@ -209,7 +219,7 @@ class Runner:
         outcomes: list[JobOutcome] = []
         status = "interrupted"
         try:
-            for i, (job, key) in enumerate(zip(jobs, keys)):
+            for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
                 if on_job_start:
                     on_job_start(job, i)
                 outcome = self._run_job(run_id, job, key, progress_factory)
@@ -219,10 +229,8 @@ class Runner:
             status = "failed" if any(o.status == "error" for o in outcomes) else "ok"
         finally:
             count = {s: sum(o.status == s for o in outcomes) for s in ("ok", "reused", "error")}
-            try:
+            with contextlib.suppress(Exception):  # never mask the original error; the run stays 'interrupted'
                 self.catalog.finish_run(run_id, status, count["ok"], count["reused"], count["error"])
-            except Exception:  # never mask the original error; the run stays 'interrupted'
-                pass
         return RunSummary(run_id, outcomes)
 
     def _run_job(self, run_id: str, job: Job, key: str, progress_factory: ProgressFactory) -> JobOutcome:
@@ -231,9 +239,7 @@ class Runner:
             if cached:
                 return JobOutcome(job, "reused", cached)
         seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}:{key}".encode()).digest()[:4], "little")
-        models = [
-            ModelHandle(m, self.model_fingerprint(m), self._model_loader(m)) for m in job.models
-        ]
+        models = [ModelHandle(m, self.model_fingerprint(m), self._model_loader(m)) for m in job.models]
         datasets = [self._dataset_handle(d) for d in job.datasets]
         ctx = Context(models, datasets, self.device, seed, progress_factory)
         start = time.perf_counter()
@@ -249,11 +255,18 @@ class Runner:
             error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-8)}"
         duration = time.perf_counter() - start
         stored = StoredResult(
-            run_id=run_id, cache_key=key, probe=job.probe.name, probe_version=job.probe.version,
+            run_id=run_id,
+            cache_key=key,
+            probe=job.probe.name,
+            probe_version=job.probe.version,
             params=job.params,
-            models=[(m.name, m.fingerprint) for m in models], datasets=[(d.name, d.fingerprint) for d in datasets],
-            status="ok" if error is None else "error", error=error,
-            warnings=list(result.warnings) if result else [], duration_s=duration, device=str(self.device),
+            models=[(m.name, m.fingerprint) for m in models],
+            datasets=[(d.name, d.fingerprint) for d in datasets],
+            status="ok" if error is None else "error",
+            error=error,
+            warnings=list(result.warnings) if result else [],
+            duration_s=duration,
+            device=str(self.device),
             metrics=[(m.name, m.value, m.model, m.dataset) for m in result.metrics] if result else [],
             arrays=dict(result.arrays) if result else {},
         )
@@ -267,7 +280,9 @@ class Runner:
 
     def _dataset_handle(self, name: str) -> DatasetHandle:
         data = self.dataset(name)
-        return DatasetHandle(name, data.fingerprint, data.n, data.task, data.targets is not None, data.batches)
+        return DatasetHandle(
+            name, data.fingerprint, data.n, data.task, data.targets is not None, data.batches
+        )
 
     def _record_sources(self, jobs: list[Job]) -> None:
         model_names = sorted({m for j in jobs for m in j.models})
@@ -278,7 +293,10 @@ class Runner:
         )
         self.catalog.record_sources(
             "datasets",
-            [(self.dataset(d).fingerprint, d, _spec_json(self.config.datasets[d]), self.dataset(d).n) for d in data_names],
+            [
+                (self.dataset(d).fingerprint, d, _spec_json(self.config.datasets[d]), self.dataset(d).n)
+                for d in data_names
+            ],
         )
 
     def _run_meta(self, argv: list[str]) -> dict[str, Any]:
@@ -303,7 +321,9 @@ class Runner:
 
 
 def _spec_json(spec: Any) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(spec).items() if v not in (None, {}, [])}
+    return {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(spec).items() if v not in (None, {}, [])
+    }
 
 
 __all__ = ["Job", "JobOutcome", "RunSummary", "Runner", "plan", "resolve_device"]

@@ -55,7 +55,9 @@ def import_factory(ref: str, root: Path, what: str) -> Any:
 
 def model_fingerprint(spec: ModelSpec) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"factory": spec.factory, "kwargs": spec.kwargs}, sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps({"factory": spec.factory, "kwargs": spec.kwargs}, sort_keys=True, default=str).encode()
+    )
     for p in (spec.weights, spec.torchscript, spec.pickle):
         if p is not None:
             h.update(p.suffix.encode())
@@ -108,17 +110,23 @@ def load_model(spec: ModelSpec, root: Path, device: torch.device) -> torch.nn.Mo
     return model.to(device).eval()
 
 
-def _mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+def _mismatch(
+    model: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
     """Keys the module wants but the file lacks, keys it does not know, and keys whose shapes differ."""
     expected = model.state_dict()
     reshaped = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
     ]
     return sorted(set(expected) - set(state)), sorted(set(state) - set(expected)), reshaped
 
 
 def _few(keys: list[str]) -> str:
-    return "none" if not keys else ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    return (
+        "none" if not keys else ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    )
 
 
 # ---------------------------------------------------------------- datasets
@@ -138,10 +146,16 @@ class ArrayData:
     def n(self) -> int:
         return int(self.inputs.shape[0])
 
-    def batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def batches(
+        self, batch_size: int, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         for start in range(0, self.n, batch_size):
             x = _to_tensor(self.inputs[start : start + batch_size])
-            y = None if self.targets is None else _to_tensor(self.targets[start : start + batch_size], inputs=False)
+            y = (
+                None
+                if self.targets is None
+                else _to_tensor(self.targets[start : start + batch_size], inputs=False)
+            )
             yield x.to(device), (None if y is None else y.to(device))
 
 
@@ -157,7 +171,9 @@ class ParquetData:
     fingerprint: str
     task: str | None
 
-    def batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def batches(
+        self, batch_size: int, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         import duckdb
 
         cols = [*self.inputs, *([self.targets] if self.targets else [])]
@@ -166,12 +182,16 @@ class ParquetData:
         try:
             for start in range(0, self.n, batch_size):
                 chunk = con.execute(
-                    f"select {select} from read_parquet(?) limit {batch_size} offset {start}", [str(self.path)]
+                    f"select {select} from read_parquet(?) limit {batch_size} offset {start}",
+                    [str(self.path)],
                 ).fetchnumpy()
                 xs = [_column(chunk[c]) for c in self.inputs]
                 x = xs[0] if len(xs) == 1 and xs[0].ndim > 1 else np.column_stack(xs)
                 y = None if not self.targets else _column(chunk[self.targets])
-                yield _to_tensor(x).to(device), (None if y is None else _to_tensor(y, inputs=False).to(device))
+                yield (
+                    _to_tensor(x).to(device),
+                    (None if y is None else _to_tensor(y, inputs=False).to(device)),
+                )
         finally:
             con.close()
 
@@ -184,13 +204,26 @@ def _column(values: Any) -> np.ndarray:
 
 
 def _to_tensor(values: Any, inputs: bool = True) -> torch.Tensor:
-    t = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values))
+    """A fresh tensor (never a view of the dataset: a model that edits its input in place must not
+    write into a memory map or into the data later jobs read); float inputs float32, integer targets int64."""
+    t = values.clone() if isinstance(values, torch.Tensor) else torch.from_numpy(np.array(values, copy=True))
     if t.is_floating_point() and inputs:
         return t.float()
+    if not inputs and not t.is_floating_point() and t.dtype != torch.bool:
+        return t.long()
     return t
 
 
 Dataset = ArrayData | ParquetData
+
+
+def _selection_fingerprint(spec: DatasetSpec, content: str) -> str:
+    """Content hash plus which arrays are used and how: `inputs = "raw"` and `inputs = "scaled"` of one file
+    are different datasets to a probe, so they must not share cached results."""
+    selection = json.dumps(
+        {"inputs": spec.inputs, "targets": spec.targets, "task": spec.task}, sort_keys=True
+    )
+    return hashlib.sha256(f"{content}:{selection}".encode()).hexdigest()
 
 
 def load_dataset(spec: DatasetSpec, root: Path) -> Dataset:
@@ -202,10 +235,12 @@ def load_dataset(spec: DatasetSpec, root: Path) -> Dataset:
         except Exception as e:
             raise UsageError(f"{what}: factory {spec.factory} failed: {e}") from None
         arrays = _named_arrays(produced, what)
-        return _array_data(spec, arrays, _arrays_fingerprint(spec, arrays), what)
+        return _array_data(
+            spec, arrays, _selection_fingerprint(spec, _arrays_fingerprint(spec, arrays)), what
+        )
     path = spec.path
     assert path is not None
-    fingerprint = sha256_file(path)
+    fingerprint = _selection_fingerprint(spec, sha256_file(path))
     if path.suffix == ".parquet":
         return _parquet_data(spec, path, fingerprint, what)
     try:
@@ -249,12 +284,16 @@ def _array_data(spec: DatasetSpec, arrays: dict[str, Any], fingerprint: str, wha
     if key is None:
         raise UsageError(f"{what}: a list of input columns only applies to .parquet files")
     if key not in arrays:
-        raise UsageError(f"{what}: no array named {key!r} for inputs (found: {', '.join(arrays) or 'none'}); set inputs = '...'")
+        raise UsageError(
+            f"{what}: no array named {key!r} for inputs (found: {', '.join(arrays) or 'none'}); set inputs = '...'"
+        )
     x = arrays[key]
     y = None
     if spec.targets is not None:
         if spec.targets not in arrays:
-            raise UsageError(f"{what}: no array named {spec.targets!r} for targets (found: {', '.join(arrays)})")
+            raise UsageError(
+                f"{what}: no array named {spec.targets!r} for targets (found: {', '.join(arrays)})"
+            )
         y = arrays[spec.targets]
         if y.shape[0] != x.shape[0]:
             raise UsageError(f"{what}: inputs have {x.shape[0]} rows but targets have {y.shape[0]}")
@@ -267,7 +306,9 @@ def _task(spec: DatasetSpec, y: Any) -> str | None:
     if spec.task is not None or y is None:
         return spec.task
     dtype = y.dtype
-    is_float = dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.floating)
+    is_float = (
+        dtype.is_floating_point if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.floating)
+    )
     return "regression" if is_float else "classification"
 
 
@@ -276,7 +317,9 @@ def _parquet_data(spec: DatasetSpec, path: Path, fingerprint: str, what: str) ->
 
     con = duckdb.connect()
     try:
-        columns = [r[0] for r in con.execute("describe select * from read_parquet(?)", [str(path)]).fetchall()]
+        columns = [
+            r[0] for r in con.execute("describe select * from read_parquet(?)", [str(path)]).fetchall()
+        ]
         n = con.execute("select count(*) from read_parquet(?)", [str(path)]).fetchone()[0]
         sample = con.execute("select * from read_parquet(?) limit 1", [str(path)]).fetchnumpy()
     except duckdb.Error as e:

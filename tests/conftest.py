@@ -18,15 +18,25 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 torch.set_num_threads(1)
 threadpool_limits(1)
 
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                  "COLUMNS": "200", "NO_COLOR": "1"}
+SUBPROCESS_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "COLUMNS": "200",
+    "NO_COLOR": "1",
+}
 
 
 def run_audit(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """Run the real `audit` CLI in a subprocess (real exit codes, real catalog files)."""
     return subprocess.run(
-        [sys.executable, "-m", "audit.cli", *args], cwd=cwd, env={**SUBPROCESS_ENV, **(env or {})},
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "audit.cli", *args],
+        cwd=cwd,
+        env={**SUBPROCESS_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

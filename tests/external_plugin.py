@@ -49,6 +49,14 @@ class OutputMean(Probe):
 @hookimpl
 def register_probes(register):
     register(OutputMean())
+
+
+@hookimpl
+def register_commands(app):
+    @app.command(name="output-mean-info")
+    def info():
+        """A command added by the external plugin."""
+        print("output_mean plugin, version", OutputMean.version)
 '''
 
 

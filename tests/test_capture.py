@@ -35,7 +35,8 @@ def data(n: int = 10, batch_size: int = 4, with_targets: bool = True):
     x = torch.randn(n, 4, generator=g)
     y = torch.arange(n) % 3
     batches = [
-        (x[i : i + batch_size], y[i : i + batch_size] if with_targets else None) for i in range(0, n, batch_size)
+        (x[i : i + batch_size], y[i : i + batch_size] if with_targets else None)
+        for i in range(0, n, batch_size)
     ]
     return x, y, batches
 
@@ -114,15 +115,15 @@ def manual_forward(model: nn.Sequential, x: torch.Tensor) -> dict[str, torch.Ten
 
 def test_stream_activations_equal_a_manual_forward():
     model = mlp()
-    x, y, batches = data(10, 4)
+    _, y, batches = data(10, 4)
     layers = ["4", "0", OUTPUT, "3"]  # yielded in the requested order
     seen = list(stream_activations(model, batches, layers))
     assert len(seen) == 3
     with torch.no_grad():
-        for (acts, out, targets), (xb, yb) in zip(seen, batches):
+        for (acts, out, targets), (xb, yb) in zip(seen, batches, strict=True):
             expected = manual_forward(model, xb)
             assert [a.shape for a in acts] == [expected[n].shape for n in layers]
-            for name, act in zip(layers, acts):
+            for name, act in zip(layers, acts, strict=True):
                 assert torch.allclose(act, expected[name], atol=1e-6), name
             assert torch.equal(out, model(xb))
             assert torch.equal(acts[2], out)
@@ -136,7 +137,7 @@ def test_stream_activations_equal_a_manual_forward():
 def test_stream_activations_without_targets():
     model = mlp()
     _, _, batches = data(5, 5, with_targets=False)
-    ((acts, out, targets),) = list(stream_activations(model, batches, ["2"]))
+    ((acts, _, targets),) = list(stream_activations(model, batches, ["2"]))
     assert targets is None
     assert acts[0].shape == (5, 5)
 
@@ -257,7 +258,7 @@ def test_store_holds_only_the_current_batch(monkeypatch):
         assert set(store) == {"0", "2", "4"}
         assert all(t.shape[0] == batch for t in store.values())
         # the store's tensors are the ones handed out, not copies kept aside
-        assert all(store[name] is act for name, act in zip(layers, acts) if name != OUTPUT)
+        assert all(store[name] is act for name, act in zip(layers, acts, strict=True) if name != OUTPUT)
     assert sizes == [4, 4, 2]
     assert no_hooks(model)
 
@@ -279,3 +280,21 @@ def test_activations_of_a_batch_are_released_after_the_next_batch():
     assert [r() for r in refs] == [None, None, None, None]
     stream.close()
     assert no_hooks(model)
+
+
+def test_grad_mode_does_not_leak_out_of_suspended_or_interleaved_streams():
+    """A partly consumed stream, or two interleaved ones (cka A vs B), must leave autograd as it was."""
+    a = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    b = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    batches = [(torch.randn(4, 3), None), (torch.randn(4, 3), None)]
+    sa = stream_activations(a, batches, ["0"])
+    sb = stream_activations(b, batches, ["0"])
+    acts, _, _ = next(sa)
+    assert torch.is_grad_enabled() and not acts[0].requires_grad
+    next(sb)
+    assert torch.is_grad_enabled()
+    for _ in sa:
+        pass
+    for _ in sb:
+        pass
+    assert torch.is_grad_enabled()

@@ -17,10 +17,20 @@ from audit.migrations import MIGRATIONS
 
 def stored(run_id: str, key: str = "k1", status: str = "ok", **arrays) -> StoredResult:
     return StoredResult(
-        run_id=run_id, cache_key=key, probe="p", probe_version="1", params={"a": 1},
-        models=[("m", "fpm")], datasets=[("d", "fpd")], status=status, error=None if status == "ok" else "boom",
-        warnings=["w"], duration_s=0.1, device="cpu",
-        metrics=[("x", 1.5, None, None), ("y", float("nan"), None, "d_ood")], arrays=arrays,
+        run_id=run_id,
+        cache_key=key,
+        probe="p",
+        probe_version="1",
+        params={"a": 1},
+        models=[("m", "fpm")],
+        datasets=[("d", "fpd")],
+        status=status,
+        error=None if status == "ok" else "boom",
+        warnings=["w"],
+        duration_s=0.1,
+        device="cpu",
+        metrics=[("x", 1.5, None, None), ("y", float("nan"), None, "d_ood")],
+        arrays=arrays,
     )
 
 
@@ -60,7 +70,7 @@ def test_result_metrics_and_arrays_round_trip(tmp_path):
             np.testing.assert_array_equal(back[k], v)  # bit-exact, NaN and inf included
         else:
             assert back[k].tolist() == v.tolist()
-    cols, rows = cat.query("select model, dataset, metric, value from metrics order by metric")
+    _cols, rows = cat.query("select model, dataset, metric, value from metrics order by metric")
     assert rows[0] == ("m", "d", "x", 1.5)
     assert rows[1][:3] == ("m", "d_ood", "y") and np.isnan(rows[1][3])
     assert cat.cached_result("k1") == rid
@@ -112,7 +122,9 @@ def test_missing_catalog_is_a_usage_error(tmp_path):
         Catalog(tmp_path / "none.duckdb").query("select 1")
 
 
-HOLD_LOCK = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep({})"
+HOLD_LOCK = (
+    "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep({})"
+)
 
 
 def _hold_lock(path, seconds):
@@ -129,7 +141,7 @@ def test_a_reader_waits_for_the_writer_then_proceeds(tmp_path):
     holder = _hold_lock(path, 1.5)
     messages = []
     t0 = time.monotonic()
-    cols, rows = Catalog(path, wait_s=30, on_wait=messages.append).query("select count(*) from results")
+    _cols, rows = Catalog(path, wait_s=30, on_wait=messages.append).query("select count(*) from results")
     assert rows == [(1,)]
     assert time.monotonic() - t0 > 0.5
     assert len(messages) == 1 and "busy" in messages[0]

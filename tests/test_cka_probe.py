@@ -70,8 +70,11 @@ def test_single_model_matrix_equals_direct_accumulation_of_its_layers():
 
 def test_id_ood_pair_stores_both_matrices_and_their_contrast():
     ood = (X * 3 + 1).astype(np.float32)
-    result = run([mlp(0)], [data("id", X, Y_CLS, "classification"), data("ood", ood, Y_CLS, "classification")],
-                 batch_size=100)
+    result = run(
+        [mlp(0)],
+        [data("id", X, Y_CLS, "classification"), data("ood", ood, Y_CLS, "classification")],
+        batch_size=100,
+    )
     assert {"matrix_id", "matrix_ood", "eigenvalues_id", "eigenvalues_ood"} <= set(result.arrays)
     mid, mood, joint = metrics(result, "id"), metrics(result, "ood"), metrics(result)
     assert joint["delta_offdiag_mean"] == pytest.approx(mood["offdiag_mean"] - mid["offdiag_mean"])
@@ -112,7 +115,9 @@ def test_dead_layer_is_flagged_by_name():
 
 def test_small_but_real_variation_is_not_mistaken_for_a_dead_layer():
     x = (1.0 + 1e-3 * RNG.normal(size=(64, 5))).astype(np.float32)
-    result = run([nn.Sequential(nn.Identity(), nn.Linear(5, 2))], [data("d", x, None, None)], layers=["0", "1"])
+    result = run(
+        [nn.Sequential(nn.Identity(), nn.Linear(5, 2))], [data("d", x, None, None)], layers=["0", "1"]
+    )
     assert metrics(result)["nonpositive_self_hsic_layers"] == 0
     assert result.arrays["matrix"][0, 0] == pytest.approx(1.0)
 

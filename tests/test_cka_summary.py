@@ -28,7 +28,9 @@ def test_spectrum_and_effective_rank_known_values():
     ones = np.ones((4, 4))
     np.testing.assert_allclose(spectrum(ones), [4, 0, 0, 0], atol=1e-12)
     s = summarise(ones)
-    assert s["eig_1"] == pytest.approx(4) and s["eig_1_share"] == pytest.approx(1) and s["effective_rank"] == 1
+    assert (
+        s["eig_1"] == pytest.approx(4) and s["eig_1_share"] == pytest.approx(1) and s["effective_rank"] == 1
+    )
 
 
 def test_summarise_matches_direct_statistics():

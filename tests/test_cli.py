@@ -25,8 +25,13 @@ def q(project, sql, *fmt):
 
 
 def test_run_records_every_result_and_a_second_run_reuses_them(ran):
-    out = q(ran, "select probe, status, len(models) as models, len(datasets) as datasets from results "
-                 "order by models, datasets", "--format", "json")
+    out = q(
+        ran,
+        "select probe, status, len(models) as models, len(datasets) as datasets from results "
+        "order by models, datasets",
+        "--format",
+        "json",
+    )
     assert json.loads(out.stdout) == [
         {"probe": "cka", "status": "ok", "models": 1, "datasets": 2},
         {"probe": "cka", "status": "ok", "models": 2, "datasets": 1},
@@ -40,11 +45,16 @@ def test_run_records_every_result_and_a_second_run_reuses_them(ran):
 
 
 def test_query_formats(ran):
-    sql = "select model, dataset, metric, value from metrics where metric = 'accuracy' order by model, dataset"
+    sql = (
+        "select model, dataset, metric, value from metrics where metric = 'accuracy' order by model, dataset"
+    )
     as_json = json.loads(q(ran, sql, "--format", "json").stdout)
     as_csv = list(csv.DictReader(io.StringIO(q(ran, sql, "--format", "csv").stdout)))
     assert [r["model"] for r in as_json] == [r["model"] for r in as_csv]
-    assert {(r["model"], r["dataset"]) for r in as_json} >= {("mlp_a", "digits_test"), ("mlp_b", "digits_test")}
+    assert {(r["model"], r["dataset"]) for r in as_json} >= {
+        ("mlp_a", "digits_test"),
+        ("mlp_b", "digits_test"),
+    }
     assert float(as_csv[0]["value"]) == pytest.approx(as_json[0]["value"])
     table = q(ran, sql)
     assert table.returncode == 0 and "digits_test" in table.stdout and "accuracy" in table.stdout
@@ -61,8 +71,15 @@ def test_query_refuses_writes_with_exit_2_and_changes_nothing(ran):
 
 
 def test_gate_exit_codes_junit_and_markdown(ran, tmp_path):
-    ok = run_audit("gate", "--config", str(ran / "audit.toml"), "--junit", str(tmp_path / "j.xml"),
-                   "--markdown", str(tmp_path / "g.md"))
+    ok = run_audit(
+        "gate",
+        "--config",
+        str(ran / "audit.toml"),
+        "--junit",
+        str(tmp_path / "j.xml"),
+        "--markdown",
+        str(tmp_path / "g.md"),
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ET.parse(tmp_path / "j.xml").getroot().find("testsuite").get("failures") == "0"
     assert "all gates pass" in (tmp_path / "g.md").read_text()
@@ -72,8 +89,15 @@ def test_gate_exit_codes_junit_and_markdown(ran, tmp_path):
         config.read_text()
         + '\n[[gates]]\nprobe = "cka"\nmetric = "accuracy"\nmodel = "mlp_a"\ndataset = "digits_rotated"\nmin = 0.9\n'
     )
-    failed = run_audit("gate", "--config", str(config), "--junit", str(tmp_path / "j.xml"),
-                       "--markdown", str(tmp_path / "g.md"))
+    failed = run_audit(
+        "gate",
+        "--config",
+        str(config),
+        "--junit",
+        str(tmp_path / "j.xml"),
+        "--markdown",
+        str(tmp_path / "g.md"),
+    )
     assert failed.returncode == 1
     md = (tmp_path / "g.md").read_text()
     assert "❌ fail" in md and "mlp_a | digits_rotated" in md and ">= 0.9" in md

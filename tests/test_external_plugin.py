@@ -27,14 +27,27 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
     assert ran.returncode == 0, ran.stderr
     assert "4 computed" in ran.stderr
     q = run_audit(
-        "query", "select model, dataset, value from metrics where probe = 'output_mean' and metric = 'outputs' "
-        "order by model, dataset", "--format", "json", "--config", str(demo_project / "audit.toml"), env=env,
+        "query",
+        "select model, dataset, value from metrics where probe = 'output_mean' and metric = 'outputs' "
+        "order by model, dataset",
+        "--format",
+        "json",
+        "--config",
+        str(demo_project / "audit.toml"),
+        env=env,
     )
     rows = json.loads(q.stdout)
     assert [(r["model"], r["dataset"]) for r in rows] == [
-        ("mlp_a", "digits_rotated"), ("mlp_a", "digits_test"), ("mlp_b", "digits_rotated"), ("mlp_b", "digits_test"),
+        ("mlp_a", "digits_rotated"),
+        ("mlp_a", "digits_test"),
+        ("mlp_b", "digits_rotated"),
+        ("mlp_b", "digits_test"),
     ]
     assert all(r["value"] == 540 * 10 for r in rows)  # 540 test digits × 10 logits
+
+    # plugins may add commands too (register_commands gets the Typer app)
+    added = run_audit("output-mean-info", env=env)
+    assert added.returncode == 0 and added.stdout.strip() == "output_mean plugin, version 0.3.0"
 
     # without the plugin on the path the probe is simply not there
     assert "output_mean" not in run_audit("probes", "--format", "json").stdout

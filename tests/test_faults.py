@@ -29,8 +29,9 @@ def slow_project(demo_project, tmp_path, sleep: float, extra: str = ""):
 
 
 def results(config) -> list[dict]:
-    r = run_audit("query", "select cache_key, status, run_id from results", "--format", "json", "--config",
-                  str(config))
+    r = run_audit(
+        "query", "select cache_key, status, run_id from results", "--format", "json", "--config", str(config)
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -39,7 +40,9 @@ def test_killing_audit_run_mid_way_then_rerunning_completes_without_duplicates(d
     config, env = slow_project(demo_project, tmp_path, sleep=1.5)
     proc = subprocess.Popen(
         [sys.executable, "-m", "audit.cli", "run", "--config", str(config)],
-        env={**SUBPROCESS_ENV, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**SUBPROCESS_ENV, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     catalog = Catalog(demo_project / ".audit" / "catalog.duckdb", wait_s=30)
     deadline = time.monotonic() + 120
@@ -64,8 +67,14 @@ def test_killing_audit_run_mid_way_then_rerunning_completes_without_duplicates(d
     assert f"{4 - len(killed)} computed, {len(killed)} reused" in again.stderr
     final = results(config)
     assert len(final) == 4 and len({r["cache_key"] for r in final}) == 4
-    runs = run_audit("query", "select status from run_summary order by started_at", "--format", "csv",
-                     "--config", str(config))
+    runs = run_audit(
+        "query",
+        "select status from run_summary order by started_at",
+        "--format",
+        "csv",
+        "--config",
+        str(config),
+    )
     assert runs.stdout.split() == ["status", "interrupted", "ok"]
 
 
@@ -74,7 +83,10 @@ def test_two_concurrent_runs_store_every_result_exactly_once(demo_project, tmp_p
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "audit.cli", "run", "--config", str(config)],
-            env={**SUBPROCESS_ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**SUBPROCESS_ENV, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
@@ -93,8 +105,14 @@ def test_a_probe_that_raises_records_its_error_and_the_run_continues(demo_projec
     assert r.returncode == 1
     assert "2 computed, 0 reused from the catalog, 2 failed" in r.stderr
     rows = json.loads(
-        run_audit("query", "select status, error from results order by status", "--format", "json",
-                  "--config", str(config)).stdout
+        run_audit(
+            "query",
+            "select status, error from results order by status",
+            "--format",
+            "json",
+            "--config",
+            str(config),
+        ).stdout
     )
     assert [x["status"] for x in rows] == ["error", "error", "ok", "ok"]
     assert "deliberate failure for mlp_b" in rows[0]["error"]

@@ -15,9 +15,20 @@ from audit.config import GateSpec
 def put(cat: Catalog, run: str, model: str, dataset: str, value: float, key: str) -> None:
     cat.record_result(
         StoredResult(
-            run_id=run, cache_key=key, probe="cka", probe_version="1", params={}, models=[(model, model)],
-            datasets=[(dataset, dataset)], status="ok", error=None, warnings=[], duration_s=0, device="cpu",
-            metrics=[("acc", value, None, None)], arrays={},
+            run_id=run,
+            cache_key=key,
+            probe="cka",
+            probe_version="1",
+            params={},
+            models=[(model, model)],
+            datasets=[(dataset, dataset)],
+            status="ok",
+            error=None,
+            warnings=[],
+            duration_s=0,
+            device="cpu",
+            metrics=[("acc", value, None, None)],
+            arrays={},
         )
     )
 

@@ -134,7 +134,9 @@ def test_cka_of_a_representation_with_itself_is_one(estimator):
 @pytest.mark.parametrize("estimator", ["unbiased", "biased"])
 def test_full_batch_cka_matches_reference(estimator):
     X, Y = feature_pair()
-    assert linear_cka(t(X), t(Y), estimator) == pytest.approx(ref_cka(X, Y, estimator == "unbiased"), rel=1e-10)
+    assert linear_cka(t(X), t(Y), estimator) == pytest.approx(
+        ref_cka(X, Y, estimator == "unbiased"), rel=1e-10
+    )
 
 
 def test_invariant_to_orthogonal_transforms_and_isotropic_scaling():

@@ -147,7 +147,9 @@ class MinibatchCKA:
         self.self_a = np.zeros(self.n_a)
         self.self_b = np.zeros(nb)
 
-    def update(self, features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor] | None = None) -> None:
+    def update(
+        self, features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor] | None = None
+    ) -> None:
         if (features_b is None) != (self.n_b is None):
             raise ValueError("pass features_b exactly when the accumulator compares two models")
         cross, sa, sb = hsic_matrix(features_a, features_b, self.estimator, self.gram_dtype)

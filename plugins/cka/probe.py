@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from audit import Needs, Param, Probe, ProbeResult
-from model_audit_probes.cka.hsic import ESTIMATORS, MinibatchCKA
 from audit.errors import ProbeInputError
+from model_audit_probes.cka.hsic import ESTIMATORS, MinibatchCKA
 from model_audit_probes.cka.summary import TaskScore, cross_summary, spectrum, summarise
 
 GRAM_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -24,12 +24,30 @@ class CKAProbe(Probe):
         "contrast, Gondhalekar et al.), or model A against model B on the same data."
     )
     params = (
-        Param("layers", list, [], "module names or globs; empty = every leaf module with parameters, plus 'output'"),
+        Param(
+            "layers",
+            list,
+            [],
+            "module names or globs; empty = every leaf module with parameters, plus 'output'",
+        ),
         Param("batch_size", int, 256, "examples per minibatch (the HSIC estimate's batch)", min=4),
-        Param("estimator", str, "unbiased", "HSIC estimator; 'biased' depends on the batch size", choices=ESTIMATORS),
-        Param("gram_dtype", str, "float32", "dtype of the Gram products (centring and sums are float64)",
-              choices=tuple(GRAM_DTYPES)),
-        Param("eigenvalues", int, 3, "how many leading eigenvalues of the CKA matrix to store as metrics", min=0),
+        Param(
+            "estimator",
+            str,
+            "unbiased",
+            "HSIC estimator; 'biased' depends on the batch size",
+            choices=ESTIMATORS,
+        ),
+        Param(
+            "gram_dtype",
+            str,
+            "float32",
+            "dtype of the Gram products (centring and sums are float64)",
+            choices=tuple(GRAM_DTYPES),
+        ),
+        Param(
+            "eigenvalues", int, 3, "how many leading eigenvalues of the CKA matrix to store as metrics", min=0
+        ),
     )
     needs = Needs(models=(1, 2), datasets=(1, 2))
 
@@ -44,18 +62,35 @@ class CKAProbe(Probe):
     def demo_entries(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
         params = {"batch_size": 128}
         entries = [
-            {"probe": "cka", "models": [models[0]], "datasets": [datasets["id"], datasets["ood"]], "params": params}
+            {
+                "probe": "cka",
+                "models": [models[0]],
+                "datasets": [datasets["id"], datasets["ood"]],
+                "params": params,
+            }
         ]
         if len(models) > 1:
-            entries.append({"probe": "cka", "models": models[:2], "datasets": [datasets["id"]], "params": params})
+            entries.append(
+                {"probe": "cka", "models": models[:2], "datasets": [datasets["id"]], "params": params}
+            )
         return entries
 
     def demo_gates(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
         return [
-            {"name": "every layer has a defined CKA", "probe": "cka", "metric": "nonpositive_self_hsic_layers",
-             "max": 0},
-            {"name": "in-distribution accuracy", "probe": "cka", "metric": "accuracy", "model": models[0],
-             "dataset": datasets["id"], "min": 0.9},
+            {
+                "name": "every layer has a defined CKA",
+                "probe": "cka",
+                "metric": "nonpositive_self_hsic_layers",
+                "max": 0,
+            },
+            {
+                "name": "in-distribution accuracy",
+                "probe": "cka",
+                "metric": "accuracy",
+                "model": models[0],
+                "dataset": datasets["id"],
+                "min": 0.9,
+            },
         ]
 
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:
@@ -125,7 +160,7 @@ class CKAProbe(Probe):
         result.array("hsic_self_b", acc.self_b)
         for k, v in cross_summary(matrix).items():
             result.metric(k, v)
-        for handle, score in zip((a, b), scores or (None, None)):
+        for handle, score in zip((a, b), scores or (None, None), strict=True):
             for k, v in (score.metrics() if score else {}).items():
                 result.metric(k, v, model=handle.name)
 
@@ -133,7 +168,9 @@ class CKAProbe(Probe):
 
     def _accumulate(self, ctx, params, a, b, d, layers_a, layers_b, progress):
         gram_dtype = GRAM_DTYPES[params["gram_dtype"]]
-        acc = MinibatchCKA(len(layers_a), None if b is None else len(layers_b), params["estimator"], gram_dtype)
+        acc = MinibatchCKA(
+            len(layers_a), None if b is None else len(layers_b), params["estimator"], gram_dtype
+        )
         task = d.task if d.has_targets else None
         scores = None if task is None else (TaskScore(task), TaskScore(task))
         stream_a = ctx.activations(a, d, layers_a, params["batch_size"])
@@ -158,7 +195,7 @@ class CKAProbe(Probe):
 
     @staticmethod
     def _flag(result: ProbeResult, layers: list[str], self_hsic: np.ndarray, where: str) -> int:
-        bad = [name for name, v in zip(layers, self_hsic) if not v > 0]
+        bad = [name for name, v in zip(layers, self_hsic, strict=True) if not v > 0]
         if bad:
             result.warn(
                 f"{where}: non-positive self-HSIC (constant or degenerate activations) for layer(s) "

@@ -48,7 +48,9 @@ def summarise(matrix: np.ndarray, n_eigenvalues: int = 3) -> dict[str, float]:
         # skewness of identical values is undefined (0/0): NaN, without scipy's precision warning
         "offdiag_skew": float(stats.skew(off)) if off.size > 2 and np.ptp(off) > 0 else float("nan"),
         "effective_rank": effective_rank(eig),
-        "eig_1_share": float(eig[0] / np.clip(eig, 0, None).sum()) if eig.size and eig[0] > 0 else float("nan"),
+        "eig_1_share": float(eig[0] / np.clip(eig, 0, None).sum())
+        if eig.size and eig[0] > 0
+        else float("nan"),
         "layers": float(np.asarray(matrix).shape[0]),
     }
     for k in range(n_eigenvalues):
