@@ -179,15 +179,13 @@ class ParquetData:
         cols = [*self.inputs, *([self.targets] if self.targets else [])]
         select = ", ".join(f'"{c}"' for c in cols)
         con = duckdb.connect()
-        try:
-            for start in range(0, self.n, batch_size):
-                chunk = con.execute(
-                    f"select {select} from read_parquet(?) limit {batch_size} offset {start}",
-                    [str(self.path)],
-                ).fetchnumpy()
-                xs = [_column(chunk[c]) for c in self.inputs]
+        try:  # one scan, fetched a batch at a time: linear in the file, memory bounded by the batch
+            result = con.execute(f"select {select} from read_parquet(?)", [str(self.path)])
+            while rows := result.fetchmany(batch_size):
+                columns = list(zip(*rows, strict=True))
+                xs = [_column(columns[i]) for i in range(len(self.inputs))]
                 x = xs[0] if len(xs) == 1 and xs[0].ndim > 1 else np.column_stack(xs)
-                y = None if not self.targets else _column(chunk[self.targets])
+                y = None if not self.targets else _column(columns[-1])
                 yield (
                     _to_tensor(x).to(device),
                     (None if y is None else _to_tensor(y, inputs=False).to(device)),
@@ -197,9 +195,11 @@ class ParquetData:
 
 
 def _column(values: Any) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype == object:  # a list/array column: one array per row
-        return np.stack([np.asarray(v) for v in arr])
+    """One column of fetched rows as an array; a list/array column becomes a 2-D array (one row each)."""
+    values = list(values) if isinstance(values, tuple) else values
+    arr = np.asarray(values) if not (len(values) and isinstance(values[0], (list, tuple))) else None
+    if arr is None or arr.dtype == object:
+        return np.stack([np.asarray(v) for v in values])
     return arr
 
 
@@ -243,12 +243,18 @@ def load_dataset(spec: DatasetSpec, root: Path) -> Dataset:
     fingerprint = _selection_fingerprint(spec, sha256_file(path))
     if path.suffix == ".parquet":
         return _parquet_data(spec, path, fingerprint, what)
+    available: list[str] | None = None
     try:
         if path.suffix == ".npy":
             key = spec.inputs if isinstance(spec.inputs, str) else "inputs"
             arrays = {key: np.load(path, mmap_mode="r", allow_pickle=False)}  # a .npy holds inputs only
         elif path.suffix == ".npz":
-            arrays = dict(np.load(path, allow_pickle=False))
+            # members of a zip cannot be memory-mapped: only the ones used are read (whole); prefer .npy,
+            # .pt or .parquet for data larger than memory
+            with np.load(path, allow_pickle=False) as npz:
+                wanted = {spec.inputs if isinstance(spec.inputs, str) else "", spec.targets or ""}
+                arrays = {k: npz[k] for k in npz.files if k in wanted}
+                available = list(npz.files)
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             arrays = _named_arrays(loaded, what)
@@ -256,7 +262,7 @@ def load_dataset(spec: DatasetSpec, root: Path) -> Dataset:
         raise
     except Exception as e:
         raise UsageError(f"{what}: cannot read {path.name}: {str(e).splitlines()[0]}") from None
-    return _array_data(spec, arrays, fingerprint, what)
+    return _array_data(spec, arrays, fingerprint, what, available)
 
 
 def _named_arrays(produced: Any, what: str) -> dict[str, Any]:
@@ -279,21 +285,21 @@ def _arrays_fingerprint(spec: DatasetSpec, arrays: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _array_data(spec: DatasetSpec, arrays: dict[str, Any], fingerprint: str, what: str) -> ArrayData:
+def _array_data(
+    spec: DatasetSpec, arrays: dict[str, Any], fingerprint: str, what: str, available: list[str] | None = None
+) -> ArrayData:
+    """Pick inputs/targets out of named arrays; `available` lists every name the file has (for messages)."""
+    found = ", ".join(available if available is not None else arrays) or "none"
     key = spec.inputs if isinstance(spec.inputs, str) else None
     if key is None:
         raise UsageError(f"{what}: a list of input columns only applies to .parquet files")
     if key not in arrays:
-        raise UsageError(
-            f"{what}: no array named {key!r} for inputs (found: {', '.join(arrays) or 'none'}); set inputs = '...'"
-        )
+        raise UsageError(f"{what}: no array named {key!r} for inputs (found: {found}); set inputs = '...'")
     x = arrays[key]
     y = None
     if spec.targets is not None:
         if spec.targets not in arrays:
-            raise UsageError(
-                f"{what}: no array named {spec.targets!r} for targets (found: {', '.join(arrays)})"
-            )
+            raise UsageError(f"{what}: no array named {spec.targets!r} for targets (found: {found})")
         y = arrays[spec.targets]
         if y.shape[0] != x.shape[0]:
             raise UsageError(f"{what}: inputs have {x.shape[0]} rows but targets have {y.shape[0]}")
