@@ -13,14 +13,14 @@ import json
 import math
 import re
 import sys
+import tomllib
 from collections.abc import Callable
 from datetime import date, datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import rich.markup
-import tomllib
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -77,7 +77,7 @@ def _one_line(message: str) -> str:
     return rich.markup.escape(" ".join(_ANSI.sub("", message).split()))
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -385,14 +385,20 @@ def demo(
         )
     except typer.Exit as e:
         code = e.exit_code
+    if code == 2:  # an input error, already reported in one line
+        raise typer.Exit(2)
     cfg = _config(cfg_path)
     cat = _open_catalog(cfg.catalog, DEFAULT_WAIT_S)
-    columns, rows = cat.query(
-        "select probe, model, dataset, metric, value from latest_metrics "
-        "where metric in ('accuracy', 'offdiag_mean', 'offdiag_skew', 'eig_1_share', 'effective_rank', "
-        "'delta_offdiag_mean', 'delta_eig_1_share', 'cross_mean', 'cross_diag_mean') order by probe, model, dataset, metric"
-    )
-    table = render_rows(columns, rows, OutputFormat.table)
+    rows = []
+    for name, p in installed_probes().items():  # each probe names the metrics worth a first look
+        sql = "select probe, model, dataset, metric, value from latest_metrics where probe = ?"
+        args: list[Any] = [name]
+        if p.key_metrics:
+            sql += f" and metric in ({', '.join('?' * len(p.key_metrics))})"
+            args += list(p.key_metrics)
+        _, found = cat.query(sql + " order by model, dataset, metric", args)
+        rows += found
+    table = render_rows(["probe", "model", "dataset", "metric", "value"], rows, OutputFormat.table)
     table.title = 'key metrics (all of them: audit query "select * from metrics")'
     out.print(table)
     verdicts = gates_mod.evaluate(cfg.gates, cat)

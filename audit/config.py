@@ -17,11 +17,10 @@ Layout of the file (all paths relative to the file's folder)::
 from __future__ import annotations
 
 import hashlib
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from audit.errors import ConfigError
 from audit.probe import Probe

@@ -140,6 +140,7 @@ class Probe:
     description: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
     needs: ClassVar[Needs] = Needs()
+    key_metrics: ClassVar[tuple[str, ...]] = ()  # the metrics summaries show first (empty: all of them)
 
     def check_job(self, n_models: int, n_datasets: int) -> str | None:
         """Return a message if this combination of models and datasets is not meaningful for the probe."""

@@ -51,3 +51,22 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
 
     # without the plugin on the path the probe is simply not there
     assert "output_mean" not in run_audit("probes", "--format", "json").stdout
+
+
+def test_the_core_never_imports_a_probe():
+    """The core reaches probes only through the entry-point group; no module of `audit` names one."""
+    import ast
+    from pathlib import Path
+
+    import audit
+
+    offenders = []
+    for path in Path(audit.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "model_audit_probes"]
+    assert offenders == []

@@ -50,6 +50,19 @@ class CKAProbe(Probe):
         ),
     )
     needs = Needs(models=(1, 2), datasets=(1, 2))
+    key_metrics = (
+        "accuracy",
+        "r2_mean",
+        "offdiag_mean",
+        "offdiag_skew",
+        "eig_1_share",
+        "effective_rank",
+        "delta_offdiag_mean",
+        "delta_offdiag_skew",
+        "delta_eig_1_share",
+        "cross_mean",
+        "cross_diag_mean",
+    )
 
     def check_job(self, n_models: int, n_datasets: int) -> str | None:
         if n_models == 2 and n_datasets == 2:
