@@ -1,0 +1,76 @@
+"""Job planning: expansion of probe entries, command-line filters, ad-hoc probes, device resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from audit.catalog import Catalog
+from audit.config import load_config
+from audit.errors import UsageError
+from audit.plugins import installed_probes
+from audit.runner import Runner, plan, resolve_device
+
+
+@pytest.fixture
+def config(demo_project):
+    text = (demo_project / "audit.toml").read_text()
+    text = text[: text.index("[[probes]]")]
+    text += '[[probes]]\nprobe = "cka"\nmodels = ["mlp_a"]\ndatasets = ["digits_test", "digits_rotated"]\n'
+    text += '[[probes]]\nprobe = "cka"\nmodels = ["mlp_a", "mlp_b"]\ndatasets = ["digits_test"]\n'
+    (demo_project / "audit.toml").write_text(text)
+    return load_config(demo_project / "audit.toml", installed_probes())
+
+
+def labels(jobs):
+    return [(j.models, j.datasets) for j in jobs]
+
+
+def test_entries_become_jobs_and_filters_narrow_them(config):
+    probes = installed_probes()
+    assert labels(plan(config, probes)) == [
+        (("mlp_a",), ("digits_test", "digits_rotated")),
+        (("mlp_a", "mlp_b"), ("digits_test",)),
+    ]
+    assert labels(plan(config, probes, only_models=["mlp_b"])) == [(("mlp_a", "mlp_b"), ("digits_test",))]
+    assert labels(plan(config, probes, only_datasets=["digits_rotated"])) == [
+        (("mlp_a",), ("digits_test", "digits_rotated"))
+    ]
+    with pytest.raises(UsageError, match="unknown dataset 'nope'"):
+        plan(config, probes, only_datasets=["nope"])
+
+
+def test_a_probe_named_but_not_configured_runs_on_what_the_flags_name(config):
+    config.probes.clear()
+    jobs = plan(
+        config, installed_probes(), only_probes=["cka"], only_models=["mlp_b"], only_datasets=["digits_test"]
+    )
+    assert labels(jobs) == [(("mlp_b",), ("digits_test",))]
+    assert jobs[0].params["batch_size"] == 256  # the probe's defaults
+
+
+def test_two_models_on_two_datasets_is_refused_before_anything_runs(config):
+    config.probes.clear()
+    with pytest.raises(UsageError, match="not both in one job"):
+        plan(config, installed_probes(), only_probes=["cka"])
+
+
+def test_cache_key_follows_content_params_and_roles(config, demo_project):
+    runner = Runner(config, Catalog(demo_project / "c.duckdb"), torch.device("cpu"))
+    a, b = plan(config, installed_probes())
+    assert runner.cache_key(a) != runner.cache_key(b)
+    assert runner.cache_key(a) == runner.cache_key(a)
+    swapped = type(a)(a.probe, a.entry_index, a.models, a.datasets[::-1], a.params)
+    assert runner.cache_key(swapped) != runner.cache_key(a)  # ID and OOD are roles, not a set
+    other = type(a)(a.probe, a.entry_index, a.models, a.datasets, {**a.params, "batch_size": 64})
+    assert runner.cache_key(other) != runner.cache_key(a)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device("mps:0")
