@@ -36,37 +36,48 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
 
 
 def gram(features: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Linear Gram XXᵀ of one batch, features column-centred first, returned in float64."""
+    """Linear Gram XXᵀ of one batch, in `dtype`, of the features column-centred first.
+
+    A layer whose centred energy Σ‖x_i − μ‖² is at the dtype's rounding level relative to its raw energy
+    Σ‖x_i‖² is constant: its Gram is set to exactly zero. Otherwise the rounding residue of the centring
+    would pass for signal and give a dead layer a self-HSIC of ±1e-16 (a sign decided by rounding)
+    instead of 0. Checked per layer from the Gram's trace, so it costs no pass over the features.
+    """
     x = _flatten(features).to(dtype)
-    centred = x - x.mean(dim=0, keepdim=True)
-    # A feature constant up to the dtype's rounding is constant: its rounding residue would otherwise pass
-    # for signal and give a dead layer a self-HSIC of ±1e-16 (a sign decided by rounding) instead of 0.
-    resolution = x.abs().amax(dim=0) * (16 * torch.finfo(dtype).eps)
-    centred = centred * (centred.abs().amax(dim=0) > resolution)
-    return (centred @ centred.T).to(torch.float64)
+    mean = x.mean(dim=0, keepdim=True)
+    centred = x - mean
+    k = centred @ centred.T
+    spread = k.diagonal().sum()
+    level = spread + x.shape[0] * (mean * mean).sum()
+    resolution = (16 * torch.finfo(dtype).eps) ** 2
+    return k.mul_((spread > resolution * level).to(k.dtype))
 
 
-def center_grams(grams: torch.Tensor, estimator: str = "unbiased") -> torch.Tensor:
-    """Centre a stack of Gram matrices (..., m, m): U-centring (unbiased) or HKH (biased). float64 in, out."""
-    m = grams.shape[-1]
+def _centre_(k: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Centre a stack of float64 Gram matrices (..., m, m) in place: U-centring or HKH."""
+    m = k.shape[-1]
     if estimator == "unbiased":
         if m < 4:
             raise ValueError(f"the unbiased HSIC needs at least 4 examples per batch, got {m}")
-        k = grams.clone()
         k.diagonal(dim1=-2, dim2=-1).zero_()
-        r = k.sum(dim=-1)  # (..., m)
-        s = r.sum(dim=-1)  # (...)
-        k -= r.unsqueeze(-1) / (m - 2)
-        k -= r.unsqueeze(-2) / (m - 2)
-        k += (s / ((m - 1) * (m - 2)))[..., None, None]
+        r = k.sum(dim=-1) / (m - 2)  # (..., m): row sums of K̃, scaled
+        s = r.sum(dim=-1) / (m - 1)  # (...): Σr/((m−1)(m−2))
+        k -= r.unsqueeze(-1)  # two in-place broadcasts: no L·m² temporary
+        k -= (r - s[..., None]).unsqueeze(-2)
         k.diagonal(dim1=-2, dim2=-1).zero_()
         return k
     if estimator == "biased":
         if m < 2:
             raise ValueError(f"the biased HSIC needs at least 2 examples per batch, got {m}")
-        k = grams - grams.mean(dim=-1, keepdim=True)
-        return k - k.mean(dim=-2, keepdim=True)
+        k -= k.mean(dim=-1, keepdim=True)
+        k -= k.mean(dim=-2, keepdim=True)
+        return k
     raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+
+
+def center_grams(grams: torch.Tensor, estimator: str = "unbiased") -> torch.Tensor:
+    """Centre a stack of Gram matrices (..., m, m): U-centring (unbiased) or HKH (biased), in float64."""
+    return _centre_(grams.to(torch.float64, copy=True), estimator)
 
 
 def hsic_normaliser(m: int, estimator: str = "unbiased") -> float:
@@ -76,17 +87,19 @@ def hsic_normaliser(m: int, estimator: str = "unbiased") -> float:
 def centred_gram_rows(
     features: Sequence[torch.Tensor], estimator: str = "unbiased", gram_dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """The rows of G: each layer's centred Gram flattened, (L, m²) float64, scaled by 1/√normaliser.
+    """The rows of G: each layer's centred Gram flattened, (L, m²) float64 (not yet divided by the normaliser).
 
-    With the scaling folded in, G_A G_Bᵀ is directly the matrix of batch HSIC values.
+    The Grams are written straight into one float64 buffer and centred there, so a batch costs one
+    allocation of L·m² doubles whatever the number of layers.
     """
     m = features[0].shape[0]
     for f in features:
         if f.shape[0] != m:
             raise ValueError(f"all layers must hold the same examples: got batch sizes {m} and {f.shape[0]}")
-    grams = torch.stack([gram(f, gram_dtype) for f in features])
-    centred = center_grams(grams, estimator)
-    return centred.reshape(len(features), m * m) / hsic_normaliser(m, estimator) ** 0.5
+    grams = torch.empty((len(features), m, m), dtype=torch.float64, device=features[0].device)
+    for i, f in enumerate(features):
+        grams[i].copy_(gram(f, gram_dtype))
+    return _centre_(grams, estimator).reshape(len(features), m * m)
 
 
 def hsic_matrix(
@@ -99,16 +112,18 @@ def hsic_matrix(
 
     With one model (features_b None) cross is the symmetric L×L matrix and both self vectors are its diagonal.
     """
+    m = features_a[0].shape[0]
+    norm = hsic_normaliser(m, estimator)
     ga = centred_gram_rows(features_a, estimator, gram_dtype)
     if features_b is None:
-        cross = ga @ ga.T
+        cross = (ga @ ga.T) / norm
         diag = cross.diagonal().clone()
         return cross, diag, diag
     gb = centred_gram_rows(features_b, estimator, gram_dtype)
     if gb.shape[1] != ga.shape[1]:
         raise ValueError("the two models must see the same examples in the same batch")
-    cross = ga @ gb.T
-    return cross, (ga * ga).sum(dim=1), (gb * gb).sum(dim=1)
+    cross = (ga @ gb.T) / norm
+    return cross, (ga * ga).sum(dim=1) / norm, (gb * gb).sum(dim=1) / norm
 
 
 def cka_from_sums(cross: np.ndarray, self_a: np.ndarray, self_b: np.ndarray) -> np.ndarray:
