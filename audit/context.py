@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -94,6 +94,3 @@ class Context:
 
     def resolve_layers(self, model: ModelHandle, patterns: list[str] | None) -> list[str]:
         return capture.resolve_layers(model.load(), patterns)
-
-    def info(self) -> dict[str, Any]:
-        return {"device": str(self.device), "seed": self.seed}

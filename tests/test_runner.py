@@ -74,3 +74,16 @@ def test_resolve_device():
             resolve_device("cuda")
     with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N"):
         resolve_device("mps:0")
+
+
+def test_context_generators_are_seeded_per_job():
+    from audit.context import Context
+
+    a, b, c = (Context([], [], torch.device("cpu"), seed=s) for s in (7, 7, 8))
+    assert a.rng.random() == b.rng.random() != c.rng.random()
+    assert torch.equal(
+        torch.rand(3, generator=a.torch_generator()), torch.rand(3, generator=b.torch_generator())
+    )
+    assert not torch.equal(
+        torch.rand(3, generator=a.torch_generator()), torch.rand(3, generator=c.torch_generator())
+    )
