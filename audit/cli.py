@@ -38,7 +38,7 @@ from audit import gates as gates_mod
 from audit.catalog import DEFAULT_WAIT_S, Catalog
 from audit.config import DEFAULT_CATALOG, Config, load_config
 from audit.errors import UsageError
-from audit.plugins import installed_probes, plugin_manager, probe_origins
+from audit.plugins import installed_probes, plugin_errors, plugin_manager, probe_origins
 
 app = typer.Typer(
     name="audit",
@@ -427,8 +427,10 @@ def _main(
 def main() -> None:
     try:
         plugin_manager().hook.register_commands(app=app)
+        for problem in plugin_errors():
+            err.print(f"[yellow]warning:[/] {_one_line(problem)}", highlight=False, soft_wrap=True)
     except UsageError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {_one_line(str(e))}", highlight=False)
         sys.exit(2)
     app()
 

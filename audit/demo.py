@@ -1,7 +1,7 @@
 """`audit demo`: a small, real example project built in seconds on data that ships with scikit-learn.
 
-It trains two MLPs (different seeds and widths) on the bundled 8×8 digits, writes an in-distribution
-test split and an out-of-distribution variant (the same test digits rotated by 90° plus pixel noise),
+It trains two MLPs (different seeds and widths) on the bundled 8×8 digits, writes the training split, an
+in-distribution test split and an out-of-distribution variant (the same test digits rotated by 90° plus pixel noise),
 saves weights as safetensors and writes an audit.toml in which every installed probe that offers a
 demo configuration appears (a third-party probe joins by implementing ``Probe.demo_entries``).
 """
@@ -21,7 +21,8 @@ from audit.errors import UsageError
 from audit.plugins import installed_probes
 
 MODELS = {"mlp_a": {"width": 128, "depth": 6, "seed": 0}, "mlp_b": {"width": 96, "depth": 6, "seed": 1}}
-DATASETS = {"id": "digits_test", "ood": "digits_rotated"}
+DATASETS = {"train": "digits_train", "id": "digits_test", "ood": "digits_rotated"}
+ROLES = {"train": "training split", "id": "in-distribution test split", "ood": "out-of-distribution"}
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +97,7 @@ def _config_text(entries: list[dict[str, Any]], gates: list[dict[str, Any]]) -> 
         ]
     for role, name in DATASETS.items():
         lines += [
-            f"[datasets.{name}]   # {'in-distribution' if role == 'id' else 'out-of-distribution'}",
+            f"[datasets.{name}]   # {ROLES[role]}",
             f'path = "data/{name}.npz"',
             'inputs = "x"',
             'targets = "y"',
@@ -121,6 +122,7 @@ def build_project(directory: Path, console=None, retrain: bool = False) -> Path:
 
     x, y = _digits()
     xtr, ytr, xte, yte = _split(x, y)
+    np.savez(directory / "data" / f"{DATASETS['train']}.npz", x=xtr, y=ytr)
     np.savez(directory / "data" / f"{DATASETS['id']}.npz", x=xte, y=yte)
     np.savez(directory / "data" / f"{DATASETS['ood']}.npz", x=_ood(xte), y=yte)
 

@@ -1,8 +1,13 @@
-"""The plugin manager: loads every plugin of the ``model_audit`` entry-point group, built-ins included."""
+"""The plugin manager: loads every plugin of the ``model_audit`` entry-point group, built-ins included.
+
+A plugin that fails to import or to register is skipped with a recorded error (shown by the CLI as a
+warning) instead of taking the whole tool down: one broken third-party probe must not stop `audit gate`.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib.metadata import entry_points
 
 import pluggy
 
@@ -10,13 +15,31 @@ from audit import hookspecs
 from audit.errors import UsageError
 from audit.probe import Probe
 
+_errors: list[str] = []
+_origins: dict[str, str] = {}  # plugin name -> "distribution version"
+
 
 @lru_cache(maxsize=1)
 def plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    for ep in entry_points(group=hookspecs.PROJECT):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as e:  # a broken plugin is reported, not fatal
+            _errors.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}")
+            continue
+        pm.register(plugin, name=ep.name)
+        _origins[ep.name] = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.name
     return pm
+
+
+def plugin_errors() -> list[str]:
+    """Plugins that could not be loaded or failed to register their probes, one line each."""
+    _registrations()
+    return list(_errors)
 
 
 @lru_cache(maxsize=1)
@@ -26,16 +49,20 @@ def _registrations() -> tuple[tuple[Probe, str], ...]:
     Each plugin's hook is called on its own so that a name clash can name both plugins.
     """
     pm = plugin_manager()
-    dists = {id(plugin): f"{dist.project_name} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
     seen: dict[str, str] = {}
     out = []
     for plugin in pm.get_plugins():
         impl = getattr(plugin, "register_probes", None)
         if impl is None:
             continue
-        origin = dists.get(id(plugin)) or pm.get_name(plugin) or repr(plugin)
+        name = pm.get_name(plugin) or repr(plugin)
+        origin = _origins.get(name, name)
         registered: list[Probe] = []
-        impl(registered.append)
+        try:
+            impl(registered.append)
+        except Exception as e:
+            _errors.append(f"plugin {name!r} failed to register its probes: {type(e).__name__}: {e}")
+            continue
         for probe in registered:
             if not isinstance(probe, Probe):
                 raise UsageError(f"plugin {origin!r} registered {probe!r}, which is not an audit.Probe")

@@ -22,10 +22,10 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
     assert [p["name"] for p in probes["output_mean"]["params"]] == ["batch_size", "sleep", "fail_on"]
     assert probes["output_mean"]["needs"] == {"models": [1, 1], "datasets": [1, 1]}
 
-    # named on the command line, not configured: runs on every configured model × dataset (2 × 2)
+    # named on the command line, not configured: runs on every configured model × dataset (2 × 3)
     ran = run_audit("run", "output_mean", "--config", str(demo_project / "audit.toml"), env=env)
     assert ran.returncode == 0, ran.stderr
-    assert "4 computed" in ran.stderr
+    assert "6 computed" in ran.stderr
     q = run_audit(
         "query",
         "select model, dataset, value from metrics where probe = 'output_mean' and metric = 'outputs' "
@@ -36,14 +36,14 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
         str(demo_project / "audit.toml"),
         env=env,
     )
-    rows = json.loads(q.stdout)
-    assert [(r["model"], r["dataset"]) for r in rows] == [
-        ("mlp_a", "digits_rotated"),
-        ("mlp_a", "digits_test"),
-        ("mlp_b", "digits_rotated"),
-        ("mlp_b", "digits_test"),
-    ]
-    assert all(r["value"] == 540 * 10 for r in rows)  # 540 test digits × 10 logits
+    rows = {(r["model"], r["dataset"]): r["value"] for r in json.loads(q.stdout)}
+    assert set(rows) == {
+        (m, d) for m in ("mlp_a", "mlp_b") for d in ("digits_train", "digits_test", "digits_rotated")
+    }
+    assert (
+        rows[("mlp_a", "digits_test")] == rows[("mlp_b", "digits_rotated")] == 540 * 10
+    )  # 540 test digits × 10
+    assert rows[("mlp_a", "digits_train")] == 1257 * 10
 
     # plugins may add commands too (register_commands gets the Typer app)
     added = run_audit("output-mean-info", env=env)
@@ -70,3 +70,19 @@ def test_the_core_never_imports_a_probe():
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "model_audit_probes"]
     assert offenders == []
+
+
+def test_a_broken_plugin_is_a_warning_not_a_crash(tmp_path):
+    site = tmp_path / "site"
+    info = site / "broken_probe-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "broken_probe.py").write_text("raise ImportError('missing dependency foo')\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-probe\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[model_audit]\nbroken = broken_probe\n")
+    r = run_audit("probes", "--format", "json", env={"PYTHONPATH": str(site)})
+    assert r.returncode == 0
+    assert "cka" in {p["name"] for p in json.loads(r.stdout)}
+    assert (
+        "warning: plugin 'broken' (broken_probe) failed to load: ImportError: missing dependency foo"
+        in r.stderr
+    )

@@ -14,7 +14,10 @@ from audit.catalog import Catalog
 from conftest import SUBPROCESS_ENV, run_audit
 from external_plugin import install_external_plugin
 
-SLOW_ENTRY = '\n[[probes]]\nprobe = "output_mean"\nparams = {{ sleep = {sleep}{extra} }}\n'
+SLOW_ENTRY = (
+    '\n[[probes]]\nprobe = "output_mean"\ndatasets = ["digits_test", "digits_rotated"]\n'
+    "params = {{ sleep = {sleep}{extra} }}\n"
+)
 
 
 def slow_project(demo_project, tmp_path, sleep: float, extra: str = ""):
