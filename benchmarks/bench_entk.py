@@ -32,7 +32,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,13 @@ REPO = Path(__file__).resolve().parents[1]
 KERNELS_FILE = REPO / "plugins" / "entk" / "kernels.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The shared-machine helpers of the CKA benchmark (stdlib only at import time).
-from bench_cka import busy_cpu_seconds, children_cpu_seconds, wait_for_idle  # noqa: E402
+from bench_cka import (  # noqa: E402
+    busy_cpu_seconds,
+    children_cpu_seconds,
+    proc_status_kib,
+    reset_peak_rss,
+    wait_for_idle,
+)
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,6 @@ def load_kernels():
         sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
         spec.loader.exec_module(module)
         return module
-
-
-def proc_status_kib(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
-
-
-def reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def build_model(kind: str, seed: int):
