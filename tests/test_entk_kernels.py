@@ -7,12 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from model_audit_probes.entk import kernels
 from model_audit_probes.entk.kernels import (
     conjugate_kernel,
     empirical_ntk,
     kernel_from_features,
     normalise,
     ntk_diagonal,
+    plan_routes,
     projected_gradients,
     structured_layers,
     subsampled_gradients,
@@ -182,3 +184,82 @@ def test_bad_output_selection_is_refused():
         empirical_ntk(mlp(), X, output=5)
     with pytest.raises(ValueError, match="'trace', 'sum'"):
         empirical_ntk(mlp(), X, output="mean")
+
+
+class SmallCNN(nn.Module):
+    """Conv2d layers of every unfold-able kind (stride, dilation, 'same', no bias), one grouped conv (generic
+    route), a BatchNorm (generic route) and a dense head (structured route)."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        torch.manual_seed(5)
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, stride=2, dilation=1, padding=(1, 0), bias=False)
+        self.c3 = nn.Conv2d(4, 6, 2, padding="valid")
+        self.c4 = nn.Conv2d(6, 6, 3, padding="same", dilation=2)
+        self.grouped = nn.Conv2d(6, 6, 1, groups=2)
+        self.norm = nn.BatchNorm2d(6).eval()
+        self.head = nn.Linear(6 * 2 * 2, classes)
+
+    def forward(self, x):
+        h = torch.tanh(self.c1(x))
+        h = torch.relu(self.c2(h))
+        h = torch.tanh(self.c4(self.c3(h)))
+        h = self.norm(self.grouped(h))
+        return self.head(h.flatten(1))
+
+
+XC = torch.from_numpy(np.random.default_rng(4).normal(size=(7, 2, 6, 7)))
+XC2 = torch.from_numpy(np.random.default_rng(5).normal(size=(4, 2, 6, 7)))
+
+
+def test_conv_layers_take_the_gemm_route_and_match_the_definition():
+    net = SmallCNN().double()
+    routes = plan_routes(net, XC)
+    assert routes.conv == ("c1", "c2", "c3", "c4") and routes.dense == ("head",)
+    assert set(routes.generic) == {"grouped.weight", "grouped.bias", "norm.weight", "norm.bias"}
+    ref = reference_ntk(net, XC, XC)
+    np.testing.assert_allclose(empirical_ntk(net, XC), ref, atol=1e-10)
+    for output in ("sum", 1):
+        np.testing.assert_allclose(
+            empirical_ntk(net, XC, XC2, output=output), reference_ntk(net, XC, XC2, output), atol=1e-10
+        )
+    np.testing.assert_allclose(ntk_diagonal(net, XC), ref.diagonal(), atol=1e-10)
+
+
+@pytest.mark.parametrize("budget", [1, 3_000, 20_000, 10**9])
+def test_uneven_blocking_covers_every_pair_once(budget):
+    # budgets from one example per block to everything at once, symmetric and cross kernels
+    net = SmallCNN().double()
+    xs = torch.cat([XC, XC2, XC])
+    ref = reference_ntk(net, xs, xs)
+    np.testing.assert_allclose(empirical_ntk(net, xs, memory_budget=budget), ref, atol=1e-10)
+    np.testing.assert_allclose(empirical_ntk(net, xs[:5], xs, memory_budget=budget), ref[:5], atol=1e-10)
+
+
+def test_projection_with_every_coordinate_kept_is_exact():
+    # k = m (the padded length) keeps every coordinate of an orthogonal transform: the kernel is exact
+    net = SmallCNN().double()
+    n_params = sum(p.numel() for p in net.parameters())
+    m = 1 << (n_params - 1).bit_length()
+    f = projected_gradients(net, XC, m, seed=2)
+    np.testing.assert_allclose(kernel_from_features(f), reference_ntk(net, XC, XC), atol=1e-9)
+    sub = subsampled_gradients(net, XC, k=10**6)
+    np.testing.assert_allclose(kernel_from_features(sub), reference_ntk(net, XC, XC), atol=1e-10)
+
+
+@pytest.mark.parametrize("penalty", [0, 10**12])
+def test_conv_pair_route_and_explicit_route_agree_with_the_definition(monkeypatch, penalty):
+    # penalty 0: every conv layer as explicit per-sample gradients; 10**12: every one in the pair form
+    monkeypatch.setattr(kernels, "EXPLICIT_PENALTY", penalty)
+    net = SmallCNN().double()
+    pairs = kernels._pair_route_convs(net, XC, plan_routes(net, XC).conv, 3)
+    assert pairs == ([] if penalty == 0 else ["c1", "c2", "c3", "c4"])
+    xs = torch.cat([XC, XC2])
+    ref = reference_ntk(net, xs, xs)
+    for budget in (1, 10**9):
+        np.testing.assert_allclose(empirical_ntk(net, xs, memory_budget=budget), ref, atol=1e-10)
+        np.testing.assert_allclose(empirical_ntk(net, XC2, xs, memory_budget=budget), ref[7:], atol=1e-10)
+    np.testing.assert_allclose(
+        empirical_ntk(net, xs, output=2, chunk_size=3), reference_ntk(net, xs, xs, 2), atol=1e-10
+    )

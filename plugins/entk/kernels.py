@@ -9,25 +9,35 @@ Conventions (stated once, used everywhere):
   (an int) the single-output eNTK of logit c; ``output="sum"`` the pNTK, the eNTK of Σ_c f_c.
 * **trNTK** (Engel et al. 2024): K_tr(x, x') / √(K_tr(x, x) K_tr(x', x')), see :func:`normalise`.
 
-Where the speed comes from ("structured derivatives", Novak et al. 2022): for a dense layer z = aWᵀ + b
-with a 2-D input, the layer's contribution to the kernel factorises as (A Aᵀ + 1) ⊙ (Σ_c G_c G_cᵀ), with
-A the layer inputs and G_c the gradients of output c with respect to the layer outputs. That costs
-n²·(in + C·out) instead of the n²·C·in·out of contracting per-sample Jacobians, and needs only the
-n×(in + C·out) factors in memory. Every other parameter (convolutions, norms, embeddings, dense layers
-called more than once or on >2-D inputs) goes through per-sample Jacobians from ``torch.func``
-(``functional_call`` + ``vmap(jacrev)``), computed in chunks sized from a memory budget so that no n×P
-Jacobian is ever materialised whole.
+Where the speed comes from ("structured derivatives", Novak et al. 2022):
+
+* **dense layers** z = aWᵀ + b with a 2-D input: the layer's contribution factorises as
+  (A Aᵀ + 1) ⊙ (Σ_c G_c G_cᵀ), with A the layer inputs and G_c the gradients of output c with respect to
+  the layer outputs. That costs n²·(in + C·out) instead of the n²·C·in·out of contracting per-sample
+  Jacobians, and needs only the n×(in + C·out) factors in memory.
+* **Conv2d layers** (groups 1, zero padding): per-sample weight gradients are G_c Uᵀ, with U the unfolded
+  input — one batched GEMM after one forward and one class-batched backward per chunk, instead of
+  ``vmap(jacrev)``'s per-sample re-run of the network. (The factorised pair form costs positions²·(in·k² +
+  C·out) per pair, more than the explicit gradients' C·in·k²·out for any realistic layer, so the kernel
+  is the Gram of the explicit gradients.)
+* every other parameter (norms, embeddings, layers called more than once or on other input ranks) goes
+  through per-sample Jacobians from ``torch.func`` (``functional_call`` + ``vmap(jacrev)``).
+
+Per-sample gradients are computed in chunks sized from a memory budget so that no n×P Jacobian is ever
+materialised whole: most of the budget holds an outer block of rows while small inner chunks stream past
+it (:func:`_blocked_gram`), so recomputation — not the Gram — stays the smaller cost.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
+from torch.nn import functional as F
 
 Output = str | int
 DEFAULT_BUDGET = 1 << 30  # bytes for one chunk of per-sample Jacobians (or projections)
@@ -59,41 +69,113 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
-# ---------------------------------------------------------------- the structured (dense-layer) route
+# ---------------------------------------------------------------- which route each parameter takes
 
 
-@dataclass
-class _DenseFactors:
-    """Per dense layer: inputs A (n×in) and output gradients G (n×C'·out), plus the bias flag."""
+@dataclass(frozen=True)
+class Routes:
+    """How each trainable parameter reaches the kernel.
 
-    a: torch.Tensor
-    g: torch.Tensor
-    bias: bool
+    dense: nn.Linear modules called once on a 2-D input (the kernel factorises); conv: nn.Conv2d modules
+    called once (per-sample weight gradients are one batched GEMM of unfolded inputs and output gradients,
+    from a single forward and one class-batched backward per chunk); generic: every other trainable
+    parameter, by name (``vmap(jacrev)`` per-sample Jacobians).
+    """
+
+    dense: tuple[str, ...]
+    conv: tuple[str, ...]
+    generic: tuple[str, ...]
 
 
-def structured_layers(model: nn.Module, probe_x: torch.Tensor) -> list[str]:
-    """Names of the nn.Linear modules whose kernel factorises: called once per forward on a 2-D input."""
+def _call_dims(model: nn.Module, probe_x: torch.Tensor, kinds: tuple[type, ...]) -> dict[str, list[int]]:
+    """Input rank of every call of each module of the given kinds during one forward of two examples."""
     calls: dict[str, list[int]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            handles.append(
-                module.register_forward_hook(
-                    lambda _m, inputs, _o, name=name: calls.setdefault(name, []).append(inputs[0].dim())
-                )
-            )
+    handles = [
+        module.register_forward_hook(
+            lambda _m, inputs, _o, name=name: calls.setdefault(name, []).append(inputs[0].dim())
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, kinds)
+    ]
     try:
         with torch.no_grad():
             model(probe_x[:2])
     finally:
         for h in handles:
             h.remove()
-    return [name for name, dims in calls.items() if dims == [2]]
+    return calls
 
 
-def _dense_factors(
+def _fully_trainable(module: nn.Module) -> bool:
+    return all(p.requires_grad for p in module.parameters(recurse=False))
+
+
+def structured_layers(model: nn.Module, probe_x: torch.Tensor) -> list[str]:
+    """Names of the nn.Linear modules whose kernel factorises: called once per forward on a 2-D input."""
+    modules = dict(model.named_modules())
+    return [
+        name
+        for name, dims in _call_dims(model, probe_x, (nn.Linear,)).items()
+        if dims == [2] and _fully_trainable(modules[name])
+    ]
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """The conv's padding as F.unfold takes it, or None where unfold cannot reproduce it."""
+    if conv.padding_mode != "zeros" or conv.groups != 1:
+        return None
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+        return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
+    return tuple(conv.padding)  # type: ignore[return-value]
+
+
+def conv_layers(model: nn.Module, probe_x: torch.Tensor) -> list[str]:
+    """Names of the nn.Conv2d modules with a GEMM route: called once on a 4-D input, groups 1, zero padding."""
+    modules = dict(model.named_modules())
+    return [
+        name
+        for name, dims in _call_dims(model, probe_x, (nn.Conv2d,)).items()
+        if dims == [4] and _fully_trainable(modules[name]) and _conv_padding(modules[name]) is not None
+    ]
+
+
+def plan_routes(model: nn.Module, probe_x: torch.Tensor, method: str = "auto") -> Routes:
+    if method not in ("auto", "jacobian"):
+        raise ValueError(f"method must be 'auto' or 'jacobian', got {method!r}")
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters: its NTK is zero")
+    if method == "jacobian":
+        return Routes((), (), tuple(trainable))
+    dense, conv = structured_layers(model, probe_x), conv_layers(model, probe_x)
+    modules = dict(model.named_modules())
+    covered = {
+        f"{name}.{p}" if name else p
+        for name in dense + conv
+        for p, _ in modules[name].named_parameters(recurse=False)
+    }
+    return Routes(tuple(dense), tuple(conv), tuple(name for name in trainable if name not in covered))
+
+
+def _route_param_count(model: nn.Module, routes: Routes, include_dense: bool) -> int:
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    layers = (routes.dense if include_dense else ()) + routes.conv
+    return sum(p.numel() for name in layers for p in modules[name].parameters(recurse=False)) + sum(
+        params[name].numel() for name in routes.generic
+    )
+
+
+# ---------------------------------------------------------------- one forward, one class-batched backward
+
+
+def _capture(
     model: nn.Module, x: torch.Tensor, layers: list[str], output: Output
-) -> list[_DenseFactors]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each layer's input, and the gradients of every selected output w.r.t. its output: (C', b, *out)."""
     modules = dict(model.named_modules())
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
@@ -124,21 +206,54 @@ def _dense_factors(
     finally:
         for h in handles:
             h.remove()
-    factors = []
-    for name, g in zip(layers, grads, strict=True):
-        n = g.shape[1]
-        factors.append(
-            _DenseFactors(
-                inputs[name], g.permute(1, 0, 2).reshape(n, -1).detach(), modules[name].bias is not None
-            )
+    return inputs, {name: g.detach() for name, g in zip(layers, grads, strict=True)}
+
+
+def _stored_factors(
+    model: nn.Module, x: torch.Tensor, layers: list[str], output: Output, chunk: int, explicit: list[str] = ()
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
+    """For all of x, one capture per chunk for every layer: the factors of `layers` and the per-sample
+    gradients of the conv layers in `explicit` (a list of (n, C', P_i)).
+
+    Factors of a dense layer: inputs (n, in) and output gradients (n, C'·out); of a conv layer: inputs
+    (n, in, H, W) and output gradients (n, L, C'·out) for its L output positions.
+    """
+    modules = dict(model.named_modules())
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in layers}
+    feats: list[list[torch.Tensor]] = []
+    for s in _chunks(x.shape[0], chunk):
+        inputs, grads = _capture(model, x[s], list(layers) + list(explicit), output)
+        for name in layers:
+            g = grads[name]
+            c, b = g.shape[:2]
+            if g.dim() == 3:  # dense (C', b, out)
+                g = g.permute(1, 0, 2).reshape(b, -1)
+            else:  # conv (C', b, out, H', W')
+                g = g.reshape(c, b, g.shape[2], -1).permute(1, 3, 0, 2).reshape(b, -1, c * g.shape[2])
+            parts[name].append((inputs[name], g))
+        feats.append(
+            [f for name in explicit for f in _conv_gradients(modules[name], inputs[name], grads[name])]
         )
-    return factors
+    factors = {
+        name: (torch.cat([a for a, _ in p]), torch.cat([g for _, g in p])) for name, p in parts.items()
+    }
+    return factors, [torch.cat(fs) for fs in zip(*feats, strict=True)] if explicit else []
 
 
-# ---------------------------------------------------------------- the generic (per-sample Jacobian) route
+def _conv_gradients(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    """Per-sample gradients of a Conv2d's weight (and bias), (b, C', P_layer) each, from its input a and
+    output gradients g (C', b, out, H', W'): ∂f_c/∂W = G_c Uᵀ with U the unfolded input (in·kh·kw × H'W')."""
+    u = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=_conv_padding(conv), stride=conv.stride)
+    c, b, out = g.shape[:3]
+    gg = g.reshape(c, b, out, -1).transpose(0, 1)  # (b, C', out, L)
+    w = torch.bmm(gg.reshape(b, c * out, -1), u.transpose(1, 2))  # (b, C'·out, in·kh·kw)
+    grads = [w.reshape(b, c, -1)]
+    if conv.bias is not None:
+        grads.append(gg.sum(dim=3))
+    return grads
 
 
-def _jacobian_fn(model: nn.Module, names: list[str], output: Output) -> Callable:
+def _jacobian_fn(model: nn.Module, names: list[str] | tuple[str, ...], output: Output) -> Callable:
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     frozen = {k: v.detach() for k, v in params.items() if k not in names}
@@ -150,14 +265,201 @@ def _jacobian_fn(model: nn.Module, names: list[str], output: Output) -> Callable
     return vmap(jacrev(f), in_dims=(None, 0))
 
 
-def _flat_jacobian(fn: Callable, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Per-sample Jacobians of a chunk, flattened to (chunk, C', P_generic)."""
-    jac = fn(p, x)
-    return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2)
+def _gradient_fn(
+    model: nn.Module, routes: Routes, output: Output, include_dense: bool
+) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """x (b, ...) → per-sample gradients of the routed parameters, a list of (b, C', P_i) in a fixed order."""
+    modules = dict(model.named_modules())
+    layers = list(routes.dense if include_dense else ()) + list(routes.conv)
+    generic = {name: p.detach() for name, p in model.named_parameters() if name in routes.generic}
+    jac = _jacobian_fn(model, routes.generic, output) if generic else None
+
+    def fn(x: torch.Tensor) -> list[torch.Tensor]:
+        feats: list[torch.Tensor] = []
+        if layers:
+            inputs, grads = _capture(model, x, layers, output)
+            for name in layers:
+                module, a, g = modules[name], inputs[name], grads[name]
+                if isinstance(module, nn.Conv2d):
+                    feats += _conv_gradients(module, a, g)
+                else:  # dense: ∂f_c/∂W = g_c ⊗ a
+                    gb = g.transpose(0, 1)  # (b, C', out)
+                    feats.append(
+                        (gb[:, :, :, None] * a[:, None, None, :]).reshape(a.shape[0], gb.shape[1], -1)
+                    )
+                    if module.bias is not None:
+                        feats.append(gb)
+        if jac is not None:
+            feats += [j.reshape(j.shape[0], j.shape[1], -1) for j in jac(generic, x).values()]
+        return feats
+
+    return fn
 
 
-def _chunk_size(per_sample_bytes: int, budget: int, n: int) -> int:
-    return max(1, min(n, budget // max(1, per_sample_bytes)))
+def _n_outputs(model: nn.Module, x: torch.Tensor, output: Output) -> int:
+    with torch.no_grad():
+        return select_outputs(model(x[:1]), output).shape[1]
+
+
+# ---------------------------------------------------------------- the pair route of convolutions
+
+# Explicit per-sample gradients stream through memory at a few flops per byte once they no longer fit
+# the budget; the pair form is large compute-bound GEMMs. Measured on the benchmark CNN (2 cores), the
+# explicit route ran about 4× below the GEMM peak, hence this weight in the choice between the two.
+EXPLICIT_PENALTY = 4
+
+
+def _conv_positions(model: nn.Module, x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, int]:
+    """Output positions H'·W' of each conv layer (one forward of one example)."""
+    modules = dict(model.named_modules())
+    sizes: dict[str, int] = {}
+    handles = [
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, name=name: sizes.__setitem__(name, out.shape[-2] * out.shape[-1])
+        )
+        for name in layers
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
+
+
+def _pair_route_convs(model: nn.Module, x: torch.Tensor, layers: tuple[str, ...], c_out: int) -> list[str]:
+    """Conv layers whose kernel is cheaper in the pair form than as a Gram of explicit gradients.
+
+    Pair form per pair of examples: L²·(C'·out + in·k²) multiply-adds (L output positions); explicit:
+    C'·out·in·k², weighted by EXPLICIT_PENALTY. Deep layers on small feature maps (L = 49 on 7×7) take
+    the pair form, early layers on large maps the explicit one.
+    """
+    if not layers:
+        return []
+    modules = dict(model.named_modules())
+    positions = _conv_positions(model, x, layers)
+    chosen = []
+    for name in layers:
+        conv = modules[name]
+        patch = conv.in_channels * math.prod(conv.kernel_size)
+        pair = positions[name] ** 2 * (c_out * conv.out_channels + patch)
+        if pair < EXPLICIT_PENALTY * c_out * conv.out_channels * patch:
+            chosen.append(name)
+    return chosen
+
+
+def _conv_pair_kernel(f1, f2, modules, layers, symmetric, budget, chunk_size, out: torch.Tensor) -> None:
+    """Adds the pair-form kernel of the given conv layers (factors from :func:`_stored_factors`) into `out`.
+
+    ⟨∂f/∂W(x_i), ∂f/∂W(x_j)⟩ = Σ_{p,q} ⟨G_ip, G_jq⟩·⟨U_ip, U_jq⟩ with G_ip the output gradients at position p
+    (over classes and channels) and U_ip the input patch there (plus 1 for the bias): two GEMMs over
+    blocks of (example, position) rows, a Hadamard product and a sum over the position pairs. Memory: the
+    layers' inputs and output gradients for all examples (n·(in·H·W + L·C'·out)) plus two block products.
+    """
+    elem = out.element_size()
+    for name in layers:
+        conv = modules[name]
+        a1, g1 = f1[name]
+        a2, g2 = f2[name]
+        positions = g1.shape[1]
+        block = chunk_size or max(1, math.isqrt(budget // (4 * elem * positions * positions)))
+        if symmetric and not chunk_size:
+            # quarter blocks: 10 of 16 block products for a symmetric kernel, with ≥ 512 rows per GEMM
+            block = min(block, max(-(-512 // positions), -(-a1.shape[0] // 4)))
+
+        def patches(a: torch.Tensor, conv=conv) -> torch.Tensor:
+            u = F.unfold(
+                a, conv.kernel_size, dilation=conv.dilation, padding=_conv_padding(conv), stride=conv.stride
+            )
+            return u.transpose(1, 2).reshape(-1, u.shape[1])
+
+        for si in _chunks(a1.shape[0], block):
+            ui, gi = patches(a1[si]), g1[si].reshape(-1, g1.shape[2])
+            start = si.start if symmetric else 0
+            for sj in _chunks(a2.shape[0] - start, block):
+                sj = slice(sj.start + start, sj.stop + start)
+                uj = ui if (symmetric and sj == si) else patches(a2[sj])
+                gj = gi if (symmetric and sj == si) else g2[sj].reshape(-1, g2.shape[2])
+                m = ui @ uj.T
+                if conv.bias is not None:
+                    m += 1
+                m *= gi @ gj.T
+                blk = m.reshape(si.stop - si.start, positions, sj.stop - sj.start, positions).sum((1, 3))
+                out[si, sj] += blk
+                if symmetric and sj != si:
+                    out[sj, si] += blk.T
+
+
+# ---------------------------------------------------------------- blocked Gram of per-sample gradients
+
+
+def _gram(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_l A_l B_lᵀ over the per-parameter blocks, without concatenating them."""
+    k = None
+    for fa, fb in zip(a, b, strict=True):
+        blk = fa.reshape(fa.shape[0], -1) @ fb.reshape(fb.shape[0], -1).T
+        k = blk if k is None else k.add_(blk)
+    assert k is not None
+    return k
+
+
+def _features_of(fn: Callable, x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """fn over x in chunks of `size`, written into preallocated per-parameter buffers (no concatenation)."""
+    if x.shape[0] <= size:
+        return fn(x)
+    buffers: list[torch.Tensor] = []
+    for s in _chunks(x.shape[0], size):
+        part = fn(x[s])
+        if not buffers:
+            buffers = [p.new_empty((x.shape[0], *p.shape[1:])) for p in part]
+        for buf, p in zip(buffers, part, strict=True):
+            buf[s] = p
+    return buffers
+
+
+def _blocked_gram(
+    fn: Callable,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    per_sample: int,
+    budget: int,
+    chunk_size: int | None,
+    out: torch.Tensor,
+) -> None:
+    """Adds Σ_l F_l(x1) F_l(x2)ᵀ into `out` with at most ~`budget` bytes of gradients alive.
+
+    Most of the budget holds an outer block of rows; a small inner chunk streams past it, so each
+    inner example is recomputed n1/outer times (not n1/chunk) — recomputation, not the Gram, is what an
+    even split wastes. A symmetric kernel computes only the upper block triangle and mirrors it.
+    """
+    symmetric = x2 is None
+    xb = x1 if x2 is None else x2
+    n1, n2 = x1.shape[0], xb.shape[0]
+    if chunk_size:
+        outer = inner = chunk_size
+    else:
+        fits = budget // max(1, per_sample)
+        if fits >= n1 + (0 if symmetric else n2):
+            outer, inner = n1, max(n2, 1)
+        else:
+            outer = max(1, (3 * fits) // 4)
+            inner = max(1, fits - outer)
+    for si in _chunks(n1, outer):
+        fi = _features_of(fn, x1[si], inner)
+        start = si.start
+        if symmetric:
+            out[si, si] += _gram(fi, fi)
+            start = si.stop
+        else:
+            start = 0
+        for sj in _chunks(n2 - start, inner):
+            sj = slice(sj.start + start, sj.stop + start)
+            blk = _gram(fi, fn(xb[sj]))
+            out[si, sj] += blk
+            if symmetric:
+                out[sj, si] += blk.T
+        del fi
 
 
 # ---------------------------------------------------------------- kernels
@@ -175,108 +477,114 @@ def empirical_ntk(
 ) -> torch.Tensor:
     """Exact empirical NTK K(x1, x2) (n1×n2; x2 None: the symmetric n1×n1 kernel), in the params' dtype.
 
-    ``method="auto"`` uses the dense-layer factorisation where it holds and per-sample Jacobians for the
-    rest; ``"jacobian"`` uses per-sample Jacobians for every parameter (the reference, and slower).
+    ``method="auto"`` factorises dense layers, takes Conv2d layers through unfold GEMMs and everything else
+    through per-sample Jacobians; ``"jacobian"`` uses per-sample Jacobians for every parameter (the
+    reference, and slower). `memory_budget` bounds the per-sample gradients alive at once.
     """
-    if method not in ("auto", "jacobian"):
-        raise ValueError(f"method must be 'auto' or 'jacobian', got {method!r}")
-    params = {k: v for k, v in model.named_parameters() if v.requires_grad}
-    if not params:
-        raise ValueError("the model has no trainable parameters: its NTK is zero")
+    routes = plan_routes(model, x1, method)
     symmetric = x2 is None
     xb = x1 if symmetric else x2
-    dtype = next(iter(params.values())).dtype
+    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
     k = torch.zeros(x1.shape[0], xb.shape[0], dtype=dtype, device=x1.device)
-
-    dense = structured_layers(model, x1) if method == "auto" else []
-    covered = {f"{name}.{p}" if name else p for name in dense for p in ("weight", "bias")}
-    if dense:
-        k += _structured_kernel(
-            model, x1, None if symmetric else x2, dense, output, memory_budget, chunk_size
-        )
-    generic = [name for name in params if name not in covered]
-    if generic:
-        k += _jacobian_kernel(
-            model, x1, None if symmetric else x2, generic, output, memory_budget, chunk_size
-        )
+    c_out = _n_outputs(model, x1, output)
+    pairs = _pair_route_convs(model, x1, routes.conv, c_out)
+    explicit = [name for name in routes.conv if name not in pairs]
+    per_sample = (
+        c_out * _route_param_count(model, replace(routes, conv=tuple(explicit)), False) * k.element_size()
+    )
+    fits = per_sample * (x1.shape[0] + (0 if symmetric else xb.shape[0])) <= memory_budget
+    inline = explicit if fits and not routes.generic else []  # their gradients come from the same pass
+    stored = list(routes.dense) + pairs
+    if stored or inline:  # one capture pass per dataset for the dense and conv layers together
+        chunk = chunk_size or min(x1.shape[0], 256)
+        f1, g1 = _stored_factors(model, x1, stored, output, chunk, inline)
+        f2, g2 = (f1, g1) if symmetric else _stored_factors(model, xb, stored, output, chunk, inline)
+        modules = dict(model.named_modules())
+        for name in routes.dense:
+            k += _dense_kernel(f1[name], f2[name], modules[name].bias is not None)
+        _conv_pair_kernel(f1, f2, modules, pairs, symmetric, memory_budget, chunk_size, k)
+        if inline:
+            k += _gram(g1, g2)
+        del f1, f2, g1, g2
+        routes = replace(routes, conv=tuple(name for name in explicit if name not in inline))
+    if routes.conv or routes.generic:
+        per_sample = c_out * _route_param_count(model, routes, False) * k.element_size()
+        fn = _gradient_fn(model, routes, output, include_dense=False)
+        _blocked_gram(fn, x1, x2, per_sample, memory_budget, chunk_size, k)
     return k
 
 
-def _structured_kernel(model, x1, x2, layers, output, budget, chunk_size) -> torch.Tensor:
-    f1 = _factors_chunked(model, x1, layers, output, budget, chunk_size)
-    f2 = f1 if x2 is None else _factors_chunked(model, x2, layers, output, budget, chunk_size)
-    k = torch.zeros(f1[0].a.shape[0], f2[0].a.shape[0], dtype=f1[0].a.dtype, device=f1[0].a.device)
-    for a, b in zip(f1, f2, strict=True):
-        inputs = a.a @ b.a.T
-        if a.bias:
-            inputs += 1
-        k += inputs * (a.g @ b.g.T)
-    return k
-
-
-def _factors_chunked(model, x, layers, output, budget, chunk_size) -> list[_DenseFactors]:
-    """Dense factors of all of x, computed a chunk at a time (memory O(n·(in + C'·out)) in the end)."""
-    size = chunk_size or min(x.shape[0], 1024)
-    parts = [_dense_factors(model, x[s], layers, output) for s in _chunks(x.shape[0], size)]
-    return [
-        _DenseFactors(
-            torch.cat([p[i].a for p in parts]), torch.cat([p[i].g for p in parts]), parts[0][i].bias
-        )
-        for i in range(len(layers))
-    ]
-
-
-def _jacobian_kernel(model, x1, x2, names, output, budget, chunk_size) -> torch.Tensor:
-    params = {k: v.detach() for k, v in model.named_parameters() if k in names}
-    fn = _jacobian_fn(model, names, output)
-    c_out = select_outputs(model(x1[:1]).detach(), output).shape[1]
-    n_params = sum(p.numel() for p in params.values())
-    elem = next(iter(params.values())).element_size()
-    size = chunk_size or _chunk_size(2 * c_out * n_params * elem, budget, x1.shape[0])
-    xb = x1 if x2 is None else x2
-    k = torch.zeros(x1.shape[0], xb.shape[0], dtype=next(iter(params.values())).dtype, device=x1.device)
-    for si in _chunks(x1.shape[0], size):
-        ji = _flat_jacobian(fn, params, x1[si])
-        for sj in _chunks(xb.shape[0], size):
-            if x2 is None and sj.start < si.start:
-                continue  # the lower triangle is mirrored below
-            jj = ji if (x2 is None and sj == si) else _flat_jacobian(fn, params, xb[sj])
-            k[si, sj] = torch.einsum("aop,bop->ab", ji, jj)
-            if x2 is None and sj != si:
-                k[sj, si] = k[si, sj].T
-    return k
+def _dense_kernel(f1, f2, bias: bool) -> torch.Tensor:
+    """A dense layer's kernel from its factors: (A1 A2ᵀ + 1) ⊙ (G1 G2ᵀ)."""
+    inputs = f1[0] @ f2[0].T
+    if bias:
+        inputs += 1
+    return inputs.mul_(f1[1] @ f2[1].T)
 
 
 def ntk_diagonal(
-    model: nn.Module, x: torch.Tensor, *, output: Output = "trace", memory_budget: int = DEFAULT_BUDGET
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    output: Output = "trace",
+    method: str = "auto",
+    memory_budget: int = DEFAULT_BUDGET,
 ) -> torch.Tensor:
-    """K(x_i, x_i) for every i without the off-diagonal (for the trNTK normalisation of a cross-kernel)."""
-    out = torch.empty(x.shape[0], dtype=next(model.parameters()).dtype, device=x.device)
-    size = 64
-    for s in _chunks(x.shape[0], size):
-        out[s] = empirical_ntk(model, x[s], output=output, memory_budget=memory_budget).diagonal()
-    return out
+    """K(x_i, x_i) for every i, without the off-diagonal (for the trNTK normalisation of a cross-kernel)."""
+    routes = plan_routes(model, x, method)
+    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
+    diag = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
+    if routes.dense:
+        modules = dict(model.named_modules())
+        for name, (a, g) in _stored_factors(model, x, list(routes.dense), output, 1024)[0].items():
+            diag += (a.square().sum(1) + (modules[name].bias is not None)) * g.square().sum(1)
+    if routes.conv or routes.generic:
+        c_out = _n_outputs(model, x, output)
+        per_sample = c_out * _route_param_count(model, routes, False) * diag.element_size()
+        fn = _gradient_fn(model, routes, output, include_dense=False)
+        for s in _chunks(x.shape[0], _chunk_size(per_sample, memory_budget, x.shape[0])):
+            for f in fn(x[s]):
+                diag[s] += f.reshape(f.shape[0], -1).square().sum(1)
+    return diag
+
+
+def _chunk_size(per_sample_bytes: int, budget: int, n: int) -> int:
+    return max(1, min(n, budget // max(1, per_sample_bytes)))
 
 
 # ---------------------------------------------------------------- projected and subsampled features
 
 
 def _per_sample_gradients(
-    model, x, output, budget, chunk_size
-) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    fn = _jacobian_fn(model, list(params), output)
-    c_out = select_outputs(model(x[:1]).detach(), output).shape[1]
-    n_params = sum(p.numel() for p in params.values())
-    elem = next(iter(params.values())).element_size()
-    size = chunk_size or _chunk_size(c_out * n_params * elem, budget, x.shape[0])
+    model, x, output, budget, chunk_size, overhead: int = 1
+) -> Iterator[tuple[slice, list[torch.Tensor]]]:
+    """Per-sample gradients of every trainable parameter, chunk by chunk: (slice, [(b, C', P_i)])."""
+    routes = plan_routes(model, x)
+    fn = _gradient_fn(model, routes, output, include_dense=True)
+    elem = next(p for p in model.parameters() if p.requires_grad).element_size()
+    per_sample = overhead * _n_outputs(model, x, output) * _route_param_count(model, routes, True) * elem
+    size = chunk_size or _chunk_size(per_sample, budget, x.shape[0])
     for s in _chunks(x.shape[0], size):
-        yield s, fn(params, x[s])
+        yield s, fn(x[s])
 
 
-def _gaussian_block(shape: tuple[int, int], seed: int, dtype, device) -> torch.Tensor:
+def _srft_plan(p: int, k: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Random signs (p,), the gather index into view_as_real(rfft) and its scale, and the padded length m.
+
+    The real DFT with norm="ortho" read as [Re X_0, √2 Re X_1.., Re X_{m/2}, √2 Im X_1..] is orthogonal, so
+    sign-flipping, transforming and keeping k of the m coordinates scaled by √(m/k) preserves every
+    inner product in expectation (the subsampled randomised Fourier transform of Ailon & Chazelle).
+    """
+    m = 1 << max(1, (max(p, k) - 1).bit_length())
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=dtype).to(device=device)
+    signs = (torch.randint(0, 2, (p,), generator=g) * 2 - 1).to(device)
+    coords = torch.randperm(m, generator=g)[:k]
+    half = m // 2
+    real = coords <= half  # coordinates 0..m/2 are the real parts of frequencies 0..m/2
+    freq = torch.where(real, coords, coords - half)
+    gather = 2 * freq + (~real).long()  # index into view_as_real(X).reshape(-1): (re, im) pairs
+    scale = torch.where(real & ((freq == 0) | (freq == half)), 1.0, math.sqrt(2.0)) * math.sqrt(m / k)
+    return signs, gather.to(device), scale.to(device), m
 
 
 def projected_gradients(
@@ -288,27 +596,27 @@ def projected_gradients(
     output: Output = "trace",
     memory_budget: int = DEFAULT_BUDGET,
     chunk_size: int | None = None,
-    block: int = 8192,
 ) -> torch.Tensor:
-    """Per-sample gradients projected to k dimensions: (n, C', k), with R ~ N(0, 1/k) entries.
+    """Per-sample gradients randomly projected to k dimensions: (n, C', k), with E[F Fᵀ] = K.
 
-    R is generated block by block from (seed, parameter, block) so it never exists whole and is the same
-    for every call with the same seed (so train and test features share it). E[F Fᵀ] = K, relative error
-    ~ 1/√k (Johnson–Lindenstrauss); memory O(n·C'·k) plus one chunk of per-sample gradients.
+    The projection is a subsampled randomised Fourier transform (random signs, an orthogonal real FFT
+    over the P parameters zero-padded to a power of two m, k coordinates kept and scaled by √(m/k)): it
+    costs O(P log P) per gradient, is never stored, and is a function of (seed, P) alone, so train and test
+    features of the same model share it. Relative error ~ 1/√k (Johnson–Lindenstrauss); memory O(n·C'·k)
+    plus one budget-bounded chunk of per-sample gradients (and its transform).
     """
     feats = []
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    for _, grads in _per_sample_gradients(model, x, output, memory_budget, chunk_size):
-        first = grads[names[0]]
-        f = torch.zeros(first.shape[0], first.shape[1], k, dtype=first.dtype, device=first.device)
-        for pi, name in enumerate(names):
-            g = grads[name].reshape(first.shape[0], first.shape[1], -1)
-            for bi, b in enumerate(_chunks(g.shape[2], block)):
-                r = _gaussian_block(
-                    (b.stop - b.start, k), seed * 1_000_003 + pi * 10_007 + bi, g.dtype, g.device
-                )
-                f += g[:, :, b] @ r
-        feats.append(f / math.sqrt(k))
+    plan = None
+    for _, grads in _per_sample_gradients(model, x, output, memory_budget, chunk_size, overhead=3):
+        b, c = grads[0].shape[:2]
+        flat = torch.cat([g.reshape(b * c, -1) for g in grads], dim=1)
+        if plan is None:
+            plan = _srft_plan(flat.shape[1], k, seed, flat.device)
+        signs, gather, scale, m = plan
+        spec = torch.fft.rfft(flat * signs.to(flat.dtype), n=m, dim=1, norm="ortho")
+        del flat
+        f = torch.view_as_real(spec).reshape(b * c, -1)[:, gather] * scale.to(spec.real.dtype)
+        feats.append(f.reshape(b, c, k))
     return torch.cat(feats)
 
 
@@ -326,15 +634,19 @@ def subsampled_gradients(
 
     Scaled by √(P/k') so that E[F Fᵀ] = K (a uniform subset S has E[K_S] = (|S|/P)·K); k' = min(k, P).
     """
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     kk = min(k, total)
     g = torch.Generator().manual_seed(seed)
     chosen = torch.sort(torch.randperm(total, generator=g)[:kk]).values
     feats = []
     for _, grads in _per_sample_gradients(model, x, output, memory_budget, chunk_size):
-        flat = torch.cat([grads[n].reshape(grads[n].shape[0], grads[n].shape[1], -1) for n in names], dim=2)
-        feats.append(flat[:, :, chosen.to(flat.device)] * math.sqrt(total / kk))
+        parts, offset = [], 0
+        for grad in grads:
+            flat = grad.reshape(grad.shape[0], grad.shape[1], -1)
+            lo, hi = torch.searchsorted(chosen, torch.tensor([offset, offset + flat.shape[2]]))
+            parts.append(flat[:, :, (chosen[lo:hi] - offset).to(flat.device)])
+            offset += flat.shape[2]
+        feats.append(torch.cat(parts, dim=2) * math.sqrt(total / kk))
     return torch.cat(feats)
 
 

@@ -31,7 +31,7 @@ def _parse_output(value: str) -> kernels.Output:
 
 class ENTKProbe(Probe):
     name = "entk"
-    version = "0.1.0"
+    version = "0.2.0"
     description = (
         "Empirical NTK (trace/single-output/pNTK; exact with dense-layer factorisation, projected or "
         "parameter-subsampled), conjugate kernel and weight spectra (Marchenko–Pastur edge, spikes, tail "
@@ -54,7 +54,7 @@ class ENTKProbe(Probe):
         Param(
             "attribution_top_k", int, 5, "training points attributed to each of the first test points", min=0
         ),
-        Param("memory_budget_mb", int, 1024, "memory for one chunk of per-sample Jacobians", min=16),
+        Param("memory_budget_mb", int, 1024, "memory for the per-sample gradients alive at once", min=16),
     )
     needs = Needs(models=(1, 1), datasets=(1, 3))
     key_metrics = (
