@@ -9,6 +9,7 @@ transaction: a process killed mid-write leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -234,6 +235,59 @@ class Catalog:
             name: _decode(dtype, shape, numbers, strings) for name, dtype, shape, numbers, strings in rows
         }
 
+    # ------------------------------------------------------------ model outputs
+
+    def cached_outputs(self, model_fp: str, dataset_fp: str, kind: str) -> np.ndarray | None:
+        """A model's stored outputs of this kind on a dataset (bit-exact as stored), or None."""
+        if not self.path.exists():
+            return None
+        with self.reader() as con:
+            try:
+                row = con.execute(
+                    "select dtype, shape, numbers, strings from model_outputs "
+                    "where model_fingerprint = ? and dataset_fingerprint = ? and kind = ?",
+                    [model_fp, dataset_fp, kind],
+                ).fetchone()
+            except duckdb.CatalogException:  # a catalog not yet migrated to the table: nothing cached
+                return None
+        return None if row is None else _decode(*row)
+
+    def store_outputs(
+        self, model_fp: str, dataset_fp: str, kind: str, array: np.ndarray, replace: bool = False
+    ) -> bool:
+        """Cache a model's outputs on a dataset; returns whether a row was written.
+
+        Idempotent: a row already stored under (model_fp, dataset_fp, kind), by this process or a
+        concurrent one, is kept and nothing is written; with ``replace`` the new array replaces it.
+        """
+        key = [model_fp, dataset_fp, kind]
+        values = [*key, *_encode(array), now()]  # encoded before taking the lock
+        where = "where model_fingerprint = ? and dataset_fingerprint = ? and kind = ?"
+        # check-then-insert in one transaction rather than INSERT ... ON CONFLICT / INSERT OR REPLACE:
+        # DuckDB 2.0's conflict path turns -0.0 inside a list into 0.0, which would break the bit-exact
+        # round trip; across processes the file lock already serialises writers
+        with self.writer() as con:
+            con.execute("begin transaction")
+            try:
+                if replace:
+                    con.execute(f"delete from model_outputs {where}", key)
+                elif con.execute(f"select 1 from model_outputs {where}", key).fetchone():
+                    con.execute("rollback")
+                    return False
+                con.execute("insert into model_outputs values (?, ?, ?, ?, ?, ?, ?, ?)", values)
+                con.execute("commit")
+            except (duckdb.ConstraintException, duckdb.TransactionException):
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("rollback")
+                if con.execute(f"select 1 from model_outputs {where}", key).fetchone():
+                    return False  # another connection of this process stored the key meanwhile
+                raise
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("rollback")
+                raise
+        return True
+
     # ------------------------------------------------------------ queries
 
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -246,6 +300,29 @@ class Catalog:
             if cur.description is None:
                 return [], []
             return [d[0] for d in cur.description], cur.fetchall()
+
+
+class CatalogOutputCache:
+    """The catalog as a :class:`audit.context.Context`'s cache of model outputs (the runner's).
+
+    With ``refresh`` (``audit run --force``) what the catalog already holds is not read: each
+    (model, dataset, kind) is recomputed once in this run and replaces the stored row, and later jobs of
+    the same run reuse that fresh row. One instance serves every job of a run.
+    """
+
+    def __init__(self, catalog: Catalog, refresh: bool = False):
+        self.catalog = catalog
+        self.refresh = refresh
+        self._fresh: set[tuple[str, str, str]] = set()
+
+    def get(self, model_fp: str, dataset_fp: str, kind: str) -> np.ndarray | None:
+        if self.refresh and (model_fp, dataset_fp, kind) not in self._fresh:
+            return None
+        return self.catalog.cached_outputs(model_fp, dataset_fp, kind)
+
+    def put(self, model_fp: str, dataset_fp: str, kind: str, array: np.ndarray) -> None:
+        self.catalog.store_outputs(model_fp, dataset_fp, kind, array, replace=self.refresh)
+        self._fresh.add((model_fp, dataset_fp, kind))
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:

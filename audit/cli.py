@@ -53,8 +53,12 @@ out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _one_line_errors(fn: F) -> F:
-    """Turn a UsageError into one line on stderr and exit code 2 — never a traceback."""
+def one_line_errors(fn: F) -> F:
+    """Turn a UsageError into one line on stderr and exit code 2 — never a traceback.
+
+    Public for plugins: a command added through ``register_commands`` decorates itself with it to behave
+    like the built-in commands.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -121,7 +125,7 @@ def _open_catalog(path: Path, wait: float) -> Catalog:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def probes(
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table or json")
@@ -181,7 +185,7 @@ class _RichProgressFactory:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def run(
     probe: Annotated[
         list[str] | None, typer.Argument(help="probes to run (default: every configured entry)")
@@ -283,7 +287,7 @@ def render_rows(columns: list[str], rows: list[tuple[Any, ...]], format: OutputF
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def query(
     sql: Annotated[str, typer.Argument(help='SQL, e.g. "select * from metrics"')],
     format: Annotated[
@@ -306,9 +310,42 @@ def query(
 # ------------------------------------------------------------------ gate
 
 
+def _pivot(probe: str, rows: list[tuple[Any, ...]], order: tuple[str, ...]) -> Table:
+    """(model, dataset, metric, value) rows as a grid: one axis per (model, dataset), one per metric —
+    metrics as columns when there are fewer metrics than (model, dataset) pairs, else as rows."""
+    metrics = [m for m in order if any(r[2] == m for r in rows)] or sorted({r[2] for r in rows})
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    for model, dataset, metric, value in rows:
+        cells.setdefault((_short_label(model), dataset or "—"), {})[metric] = value
+
+    def cell(key: tuple[str, str], metric: str) -> str:
+        return f"{cells[key][metric]:.4g}" if metric in cells[key] else ""
+
+    table = Table(title=f"{probe}: key metrics")
+    if len(metrics) <= len(cells):
+        for col in ("model", "dataset", *metrics):
+            table.add_column(col, overflow="fold", justify="left" if col in ("model", "dataset") else "right")
+        for key in cells:
+            table.add_row(*key, *(cell(key, m) for m in metrics))
+    else:
+        table.add_column("metric", overflow="fold")
+        for model, dataset in cells:
+            table.add_column(f"{model}\n{dataset}", overflow="fold", justify="right")
+        for m in metrics:
+            table.add_row(m, *(cell(key, m) for key in cells))
+    return table
+
+
+def _short_label(label: str | None, keep: int = 3) -> str:
+    """A job label of many models (an ensemble job) shortened to its first few names and a count."""
+    names = (label or "—").split(",")
+    return label or "—" if len(names) <= keep else f"{','.join(names[:keep])},… ({len(names)} models)"
+
+
 def print_verdicts(verdicts: list[gates_mod.Verdict], console: Console) -> None:
+    with_context = console.width >= 140 and any(v.context for v in verdicts)  # else it wraps unreadably
     table = Table(title="gates")
-    for col in ("verdict", "gate", "model", "dataset", "observed", "detail"):
+    for col in ("verdict", "gate", "model", "dataset", "observed", "detail") + ("context",) * with_context:
         table.add_column(col, overflow="fold")
     for v in verdicts:
         mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "missing": "[yellow]MISSING[/]"}[v.status]
@@ -319,12 +356,18 @@ def print_verdicts(verdicts: list[gates_mod.Verdict], console: Console) -> None:
             v.dataset or "—",
             "—" if v.observed is None else f"{v.observed:.4g}",
             v.reason,
+            *([v.context_text or "—"] if with_context else []),
         )
     console.print(table)
 
 
+def _key_metrics() -> dict[str, tuple[str, ...]]:
+    """Each installed probe's key metrics: the context shown beside a gate's verdict."""
+    return {name: tuple(p.key_metrics) for name, p in installed_probes().items()}
+
+
 @app.command()
-@_one_line_errors
+@one_line_errors
 def gate(
     config: ConfigOpt = Path("audit.toml"),
     catalog: CatalogOpt = None,
@@ -336,7 +379,7 @@ def gate(
     cfg = _config(config)
     if not cfg.gates:
         raise UsageError(f"{cfg.path}: no [[gates]] configured")
-    verdicts = gates_mod.evaluate(cfg.gates, _open_catalog(catalog or cfg.catalog, wait))
+    verdicts = gates_mod.evaluate(cfg.gates, _open_catalog(catalog or cfg.catalog, wait), _key_metrics())
     print_verdicts(verdicts, out)
     for path, text in ((junit, gates_mod.junit_xml), (markdown, gates_mod.markdown)):
         if path is not None:
@@ -355,7 +398,7 @@ def gate(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def demo(
     dir: Annotated[Path, typer.Option("--dir", help="where to write the example project")] = Path(
         "audit-demo"
@@ -389,19 +432,17 @@ def demo(
         raise typer.Exit(2)
     cfg = _config(cfg_path)
     cat = _open_catalog(cfg.catalog, DEFAULT_WAIT_S)
-    rows = []
     for name, p in installed_probes().items():  # each probe names the metrics worth a first look
-        sql = "select probe, model, dataset, metric, value from latest_metrics where probe = ?"
+        sql = "select model, dataset, metric, value from latest_metrics where probe = ?"
         args: list[Any] = [name]
         if p.key_metrics:
             sql += f" and metric in ({', '.join('?' * len(p.key_metrics))})"
             args += list(p.key_metrics)
         _, found = cat.query(sql + " order by model, dataset, metric", args)
-        rows += found
-    table = render_rows(["probe", "model", "dataset", "metric", "value"], rows, OutputFormat.table)
-    table.title = 'key metrics (all of them: audit query "select * from metrics")'
-    out.print(table)
-    verdicts = gates_mod.evaluate(cfg.gates, cat)
+        if found:
+            out.print(_pivot(name, found, p.key_metrics))
+    out.print('[dim]all metrics: audit query "select * from metrics"[/]')
+    verdicts = gates_mod.evaluate(cfg.gates, cat, _key_metrics())
     print_verdicts(verdicts, out)
     out.print(
         f'\nNext: cd {project} && audit query "select model, dataset, metric, value from metrics"  ·  audit gate'

@@ -8,14 +8,22 @@ Layout of the file (all paths relative to the file's folder)::
 
     [models.NAME]       factory = "module:function", kwargs = {...}, weights = "x.safetensors" | "x.pt"
                         or torchscript = "x.ts"  or  pickle = "x.pt" with trust = true
+                        weights/torchscript/pickle may be a glob ("ckpt/seed_*.safetensors"): a family,
+                        one model per matching file in sorted order, named "NAME/<file stem>"
     [datasets.NAME]     path = "x.npz" | "x.npy" | "x.pt" | "x.parquet"  or  factory = "module:function"
                         inputs = "x", targets = "y" (optional), task = "classification" | "regression"
     [[probes]]          probe = "cka", models = [...], datasets = [...], params = {...}
     [[gates]]           probe, metric, min and/or max, model, dataset, baseline (all but probe/metric optional)
+
+Model and dataset names in [[probes]] and the model/dataset of [[gates]] may be fnmatch patterns
+("seed/*", "cand_?"). In a probe entry a pattern expands to the matching names in order of definition,
+each name once; a pattern that matches no defined name is an error.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import hashlib
 import tomllib
 from dataclasses import dataclass, field
@@ -28,6 +36,20 @@ from audit.probe import Probe
 DEFAULT_CATALOG = ".audit/catalog.duckdb"
 DATASET_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".parquet")
 TASKS = ("classification", "regression")
+MODEL_FILE_KEYS = ("weights", "torchscript", "pickle")
+_GLOB_CHARS = frozenset("*?[")
+
+
+def is_pattern(value: str) -> bool:
+    """Whether a path or name is a glob/fnmatch pattern (contains ``*``, ``?`` or ``[``)."""
+    return not _GLOB_CHARS.isdisjoint(value)
+
+
+def match_names(pattern: str, names: Any) -> list[str]:
+    """The names (in their given order) that an exact name or an fnmatch pattern selects (case-sensitive)."""
+    if not is_pattern(pattern):
+        return [pattern] if pattern in names else []
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,7 @@ class ModelSpec:
     weights: Path | None = None
     torchscript: Path | None = None
     pickle: Path | None = None
+    family: str | None = None  # the [models.NAME] table of a glob-expanded model ("NAME/<file stem>")
 
 
 @dataclass(frozen=True)
@@ -71,6 +94,9 @@ class GateSpec:
     dataset: str | None = None
     baseline: str | None = None
     name: str = ""
+    # the defined models a `model` pattern matched when the config was loaded: each must have a stored
+    # value, or the gate reports it as missing (a pattern gate must not pass because a model never ran)
+    expected_models: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -175,32 +201,74 @@ def _factory(table: _Table) -> str | None:
     return value
 
 
-def _model(file: Path, root: Path, name: str, data: Any) -> ModelSpec:
+def _model_files(root: Path, table: _Table, name: str) -> tuple[list[Path], bool] | None:
+    """The file(s) of a model key: (paths, is_family). A value with ``*``, ``?`` or ``[`` that is not
+    itself an existing file is a glob pattern (relative to the config's folder; ``**`` recurses)."""
+    value = table.get(name, str)
+    if value is None:
+        return None
+    literal = (root / value).resolve()
+    if not is_pattern(value) or literal.is_file():
+        if not literal.exists():
+            raise table.error(name, f"file not found: {literal}")
+        return [literal], False
+    found = sorted(glob.glob(value, root_dir=root, recursive=True))
+    paths = list(dict.fromkeys((root / f).resolve() for f in found))
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        raise table.error(name, f"pattern {value!r} matches no file under {root}")
+    return paths, True
+
+
+def _model(file: Path, root: Path, name: str, data: Any) -> list[ModelSpec]:
+    """One model, or a family of models when a file key is a glob: one per file, named "NAME/<stem>"."""
     t = _Table(file, f"models.{name}", data)
     t.only({"factory", "kwargs", "weights", "torchscript", "pickle", "trust"})
     factory = _factory(t)
     kwargs = _Table(file, t.sub("kwargs"), t.get("kwargs", dict, {})).data
-    weights = _path(root, t, "weights", must_exist=True)
-    torchscript = _path(root, t, "torchscript", must_exist=True)
-    pickled = _path(root, t, "pickle", must_exist=True)
+    files = {k: _model_files(root, t, k) for k in MODEL_FILE_KEYS}
     trust = t.get("trust", bool, False)
-    if sum(x is not None for x in (factory, torchscript, pickled)) != 1:
+    if sum(x is not None for x in (factory, files["torchscript"], files["pickle"])) != 1:
         raise ConfigError(
             file,
             t.key,
             "expected exactly one of: factory (with weights), torchscript, or pickle (with trust = true)",
         )
-    if weights is not None and factory is None:
+    if files["weights"] is not None and factory is None:
         raise t.error("weights", "weights need a factory = 'module:function' that builds the module")
-    if weights is not None and weights.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
-        raise t.error("weights", f"expected a .safetensors or a .pt/.pth state dict, got {weights.name!r}")
-    if pickled is not None and not trust:
+    for weights in files["weights"][0] if files["weights"] else []:
+        if weights.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+            raise t.error(
+                "weights", f"expected a .safetensors or a .pt/.pth state dict, got {weights.name!r}"
+            )
+    if files["pickle"] is not None and not trust:
         raise t.error(
             "pickle",
             "loading a pickled module runs code from the file; set trust = true if you trust it, "
             "or save a state dict/safetensors and use factory + weights",
         )
-    return ModelSpec(name, factory, dict(kwargs), weights, torchscript, pickled)
+    # the checks above leave at most one file key set
+    family = next(((k, v[0]) for k, v in files.items() if v is not None and v[1]), None)
+    if family is None:
+        one = {k: v[0][0] for k, v in files.items() if v is not None}
+        return [ModelSpec(name, factory, dict(kwargs), **one)]
+    key, paths = family
+    specs: dict[str, ModelSpec] = {}
+    for path in paths:
+        member = f"{name}/{path.stem}"
+        if "," in path.stem:
+            raise t.error(
+                key, f"file {path.name!r} would give the model name {member!r}; a model name cannot hold ','"
+            )
+        if member in specs:
+            earlier = getattr(specs[member], key)
+            raise t.error(
+                key,
+                f"files {earlier} and {path} both give the model name {member!r}; "
+                "narrow the pattern or rename one",
+            )
+        specs[member] = ModelSpec(member, factory, dict(kwargs), family=name, **{key: path})
+    return list(specs.values())
 
 
 def _dataset(file: Path, root: Path, name: str, data: Any) -> DatasetSpec:
@@ -230,6 +298,35 @@ def _check_arity(t: _Table, key: str, given: list[str], bounds: tuple[int, int |
         raise t.error(key, f"probe {probe!r} takes at most {hi} per job, got {len(given)}")
 
 
+def _defined(names: Any, limit: int = 12) -> str:
+    names = list(names)
+    if not names:
+        return "none"
+    more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _no_match(item: str, kind: str, defined: Any) -> str:
+    if is_pattern(item):
+        return f"pattern {item!r} matches no {kind} (defined: {_defined(defined)})"
+    if any(n.startswith(item + "/") for n in defined):  # the table name of a glob-expanded family
+        return f"unknown {kind} {item!r}; {item!r} is a family of models, name them all with '{item}/*'"
+    return f"unknown {kind} {item!r} (defined: {_defined(defined)})"
+
+
+def _expand(t: _Table, key: str, given: list[str], defined: dict[str, Any]) -> list[str]:
+    """Names and fnmatch patterns → names. A pattern adds its matches in order of definition, skipping
+    names already listed; an exact name is kept as given; a pattern that matches nothing is an error."""
+    kind = key[:-1]
+    out: list[str] = []
+    for item in given:
+        hits = match_names(item, defined)
+        if not hits:
+            raise t.error(key, _no_match(item, kind, defined))
+        out += hits if not is_pattern(item) else [h for h in hits if h not in out]
+    return out
+
+
 def _probe_entry(
     file: Path, index: int, data: Any, cfg_models: dict, cfg_data: dict, probes: dict[str, Probe]
 ):
@@ -239,14 +336,12 @@ def _probe_entry(
     if name not in probes:
         raise t.error("probe", f"unknown probe {name!r} (installed: {', '.join(probes) or 'none'})")
     probe = probes[name]
-    models = t.names("models", list(cfg_models) if probe.needs.models[0] > 0 else [])
-    datasets = t.names("datasets", list(cfg_data) if probe.needs.datasets[0] > 0 else [])
-    for m in models:
-        if m not in cfg_models:
-            raise t.error("models", f"unknown model {m!r} (defined: {', '.join(cfg_models) or 'none'})")
-    for d in datasets:
-        if d not in cfg_data:
-            raise t.error("datasets", f"unknown dataset {d!r} (defined: {', '.join(cfg_data) or 'none'})")
+    models = _expand(
+        t, "models", t.names("models", list(cfg_models) if probe.needs.models[0] > 0 else []), cfg_models
+    )
+    datasets = _expand(
+        t, "datasets", t.names("datasets", list(cfg_data) if probe.needs.datasets[0] > 0 else []), cfg_data
+    )
     _check_arity(t, "models", models, probe.needs.models, name)
     _check_arity(t, "datasets", datasets, probe.needs.datasets, name)
     raw = _Table(file, t.sub("params"), t.get("params", dict, {})).data
@@ -274,16 +369,22 @@ def _gate(file: Path, index: int, data: Any, cfg: dict[str, Any], probes: dict[s
     model = t.get("model", str)
     baseline = t.get("baseline", str)
     dataset = t.get("dataset", str)
-    # a job over several models/datasets is labelled by their comma-joined names ("mlp_a,mlp_b")
+    if baseline is not None and is_pattern(baseline):
+        raise t.error("baseline", f"expected the name of one model, not a pattern, got {baseline!r}")
+    # a job over several models/datasets is labelled by their comma-joined names ("mlp_a,mlp_b");
+    # model and dataset may be fnmatch patterns over these labels, each comma-separated part matching
+    # at least one defined name
     for key, value, kind in (
         ("model", model, "models"),
         ("baseline", baseline, "models"),
         ("dataset", dataset, "datasets"),
     ):
         for part in (value or "").split(",") if value else []:
-            if part not in cfg[kind]:
-                defined = ", ".join(cfg[kind]) or "none"
-                raise t.error(key, f"unknown {kind[:-1]} {part!r} (defined: {defined})")
+            if not match_names(part, cfg[kind]):
+                raise t.error(key, _no_match(part, kind[:-1], cfg[kind]))
+    expected = ()
+    if model is not None and is_pattern(model) and "," not in model:
+        expected = tuple(match_names(model, cfg["models"]))
     return GateSpec(
         index,
         probe,
@@ -294,6 +395,7 @@ def _gate(file: Path, index: int, data: Any, cfg: dict[str, Any], probes: dict[s
         dataset,
         baseline,
         t.get("name", str, ""),
+        expected,
     )
 
 
@@ -312,10 +414,16 @@ def load_config(path: Path, probes: dict[str, Probe]) -> Config:
     root = path.resolve().parent
     top = _Table(path, "", raw)
     top.only({"catalog", "seed", "device", "models", "datasets", "probes", "gates"})
-    models = {
-        n: _model(path, root, n, d)
-        for n, d in _Table(path, "models", top.get("models", dict, {})).data.items()
-    }
+    models: dict[str, ModelSpec] = {}
+    for n, d in _Table(path, "models", top.get("models", dict, {})).data.items():
+        for spec in _model(path, root, n, d):
+            if spec.name in models:
+                raise ConfigError(
+                    path,
+                    f"models.{n}",
+                    f"the model name {spec.name!r} is already defined; rename the table or the file",
+                )
+            models[spec.name] = spec
     datasets = {
         n: _dataset(path, root, n, d)
         for n, d in _Table(path, "datasets", top.get("datasets", dict, {})).data.items()

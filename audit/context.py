@@ -14,6 +14,9 @@ import numpy as np
 import torch
 
 from audit import capture
+from audit.errors import ProbeInputError
+
+OUTPUTS_KIND = "outputs"
 
 
 class Progress(Protocol):
@@ -30,6 +33,14 @@ ProgressFactory = Callable[[float, str], Progress]
 
 def no_progress(total: float, description: str) -> Progress:
     return _NoProgress()
+
+
+class OutputCache(Protocol):
+    """Where :meth:`Context.model_outputs` keeps outputs between jobs and runs (the runner's: the catalog)."""
+
+    def get(self, model_fp: str, dataset_fp: str, kind: str) -> np.ndarray | None: ...
+
+    def put(self, model_fp: str, dataset_fp: str, kind: str, array: np.ndarray) -> None: ...
 
 
 @dataclass
@@ -73,7 +84,11 @@ class Context:
     device: torch.device
     seed: int
     progress_factory: ProgressFactory = no_progress
+    output_cache: OutputCache | None = None
     rng: np.random.Generator = field(init=False)
+    output_cache_hits: int = field(default=0, init=False)  # model_outputs calls served from the cache
+    output_cache_misses: int = field(default=0, init=False)  # model_outputs calls that ran the model
+    _targets: dict[str, np.ndarray | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -94,3 +109,57 @@ class Context:
 
     def resolve_layers(self, model: ModelHandle, patterns: list[str] | None) -> list[str]:
         return capture.resolve_layers(model.load(), patterns)
+
+    def model_outputs(
+        self, model: ModelHandle, dataset: DatasetHandle, batch_size: int = 512
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's outputs on every example of the dataset and the dataset's targets, as numpy.
+
+        Outputs are float32 of shape (n, C): each example's forward output flattened (a model returning
+        a tuple contributes its first tensor). Targets are as the dataset yields them (int64 class
+        labels, float regression targets), or None when it has none.
+
+        With an output cache (``audit run`` passes the catalog's) the outputs are stored under the model's
+        and the dataset's content fingerprints, so any later job (another probe, another ensemble
+        around the same model, a later run) gets them back bit-exactly without loading the model. The
+        key holds no probe parameter, batch size or device: outputs computed on CUDA serve a CPU run.
+        Targets are not cached: they are read from the dataset (without the model), once per job.
+        """
+        key = (model.fingerprint, dataset.fingerprint, OUTPUTS_KIND)
+        cached = self.output_cache.get(*key) if self.output_cache is not None else None
+        if cached is not None and cached.ndim == 2 and cached.shape[0] == dataset.n:
+            self.output_cache_hits += 1
+            return cached.astype(np.float32, copy=False), self._dataset_targets(dataset, batch_size)
+        self.output_cache_misses += 1
+        module = model.load()
+        bar = self.progress(dataset.n, f"outputs {model.name} on {dataset.name}")
+        outputs: list[np.ndarray] = []
+        targets: list[np.ndarray] = []
+        with torch.no_grad():
+            for x, y in dataset.batches(batch_size, self.device):
+                out = capture._first_tensor(module(x))
+                if out is None or out.ndim == 0:
+                    raise ProbeInputError(f"model {model.name!r} does not return a tensor with a batch axis")
+                outputs.append(out.reshape(out.shape[0], -1).to("cpu", torch.float32, copy=True).numpy())
+                if y is not None:
+                    targets.append(y.cpu().numpy())
+                bar.advance(x.shape[0])
+        result = np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+        self._targets[dataset.fingerprint] = np.concatenate(targets) if targets else None
+        if self.output_cache is not None:
+            self.output_cache.put(*key, result)
+        return result, self._copy_targets(dataset)
+
+    def _dataset_targets(self, dataset: DatasetHandle, batch_size: int) -> np.ndarray | None:
+        if dataset.fingerprint not in self._targets:
+            parts = []
+            if dataset.has_targets:
+                parts = [
+                    y.numpy() for _, y in dataset.batches(batch_size, torch.device("cpu")) if y is not None
+                ]
+            self._targets[dataset.fingerprint] = np.concatenate(parts) if parts else None
+        return self._copy_targets(dataset)
+
+    def _copy_targets(self, dataset: DatasetHandle) -> np.ndarray | None:
+        targets = self._targets[dataset.fingerprint]
+        return None if targets is None else targets.copy()

@@ -1,6 +1,9 @@
 """`audit demo`: a small, real example project built in seconds on data that ships with scikit-learn.
 
-It trains two MLPs (different seeds and widths) on the bundled 8×8 digits, writes the training split, an
+It trains two MLPs (different seeds and widths) on the bundled 8×8 digits — plus a ten-seed ensemble of one
+small recipe and five candidates (a held-out seed, twice the epochs, another optimizer, fewer epochs, 30 %
+corrupted labels)
+for the seed-variability probe — writes the training split, an
 in-distribution test split and an out-of-distribution variant (the same test digits rotated by 90° plus pixel noise),
 saves weights as safetensors and writes an audit.toml in which every installed probe that offers a
 demo configuration appears (a third-party probe joins by implementing ``Probe.demo_entries``).
@@ -21,6 +24,17 @@ from audit.errors import UsageError
 from audit.plugins import installed_probes
 
 MODELS = {"mlp_a": {"width": 128, "depth": 6, "seed": 0}, "mlp_b": {"width": 96, "depth": 6, "seed": 1}}
+# A seed ensemble (one recipe, seeds 100–109: the family `seed/*` from one glob of checkpoints) and
+# candidates: a held-out seed of the same recipe, and three that differ on purpose.
+RECIPE = {"width": 64, "depth": 2, "epochs": 20, "optimizer": "adam", "label_noise": 0.0}
+ENSEMBLE_SEEDS = range(100, 110)
+CANDIDATES = {
+    "cand_seed": {"seed": 110},
+    "cand_long": {"seed": 114, "epochs": 40},
+    "cand_sgd": {"seed": 111, "optimizer": "sgd"},
+    "cand_short": {"seed": 112, "epochs": 3},
+    "cand_noisy": {"seed": 113, "label_noise": 0.3},
+}
 DATASETS = {"train": "digits_train", "id": "digits_test", "ood": "digits_rotated"}
 ROLES = {"train": "training split", "id": "in-distribution test split", "ood": "out-of-distribution"}
 
@@ -50,13 +64,30 @@ def _ood(x: np.ndarray, seed: int = 1) -> np.ndarray:
     return np.clip(rotated + noise, 0, 1).astype(np.float32)
 
 
-def _train(factory, x: np.ndarray, y: np.ndarray, width: int, depth: int, seed: int) -> torch.nn.Module:
+def _train(
+    factory,
+    x: np.ndarray,
+    y: np.ndarray,
+    width: int,
+    depth: int,
+    seed: int,
+    epochs: int = 40,
+    optimizer: str = "adam",
+    label_noise: float = 0.0,
+) -> torch.nn.Module:
+    """Minibatch training with a seeded init, order and (optionally) a share of labels replaced at random."""
     torch.manual_seed(seed)
     model = factory(width=width, depth=depth)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).clone()
     g = torch.Generator().manual_seed(seed)
-    for _ in range(40):
+    if label_noise:
+        flip = torch.rand(len(yt), generator=g) < label_noise
+        yt[flip] = torch.randint(0, 10, (int(flip.sum()),), generator=g)
+    for _ in range(epochs):
         perm = torch.randperm(len(xt), generator=g)
         for i in range(0, len(xt), 64):
             idx = perm[i : i + 64]
@@ -64,6 +95,16 @@ def _train(factory, x: np.ndarray, y: np.ndarray, width: int, depth: int, seed: 
             torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def _recipes() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every demo model: name → (weights file relative to the project, training settings)."""
+    out = {name: (f"models/{name}.safetensors", dict(m)) for name, m in MODELS.items()}
+    for seed in ENSEMBLE_SEEDS:
+        out[f"seed/seed_{seed}"] = (f"models/seed/seed_{seed}.safetensors", {**RECIPE, "seed": seed})
+    for name, change in CANDIDATES.items():
+        out[name] = (f"models/{name}.safetensors", {**RECIPE, **change})
+    return out
 
 
 def _toml_value(v: Any) -> str:
@@ -87,12 +128,15 @@ def _config_text(entries: list[dict[str, Any]], gates: list[dict[str, Any]]) -> 
         "seed = 0",
         "",
     ]
-    for name, spec in MODELS.items():
+    models = [(name, spec, f"models/{name}.safetensors") for name, spec in MODELS.items()]
+    models.append(("seed", RECIPE, "models/seed/seed_*.safetensors"))  # a glob: models seed/seed_100, …
+    models += [(name, RECIPE, f"models/{name}.safetensors") for name in CANDIDATES]
+    for name, spec, weights in models:
         lines += [
             f"[models.{name}]",
             'factory = "demo_models:mlp"',
             f"kwargs = {_toml_value({'width': spec['width'], 'depth': spec['depth']})}",
-            f'weights = "models/{name}.safetensors"',
+            f'weights = "{weights}"',
             "",
         ]
     for role, name in DATASETS.items():
@@ -133,12 +177,13 @@ def build_project(directory: Path, console=None, retrain: bool = False) -> Path:
     spec = importlib.util.spec_from_file_location("_audit_demo_models", directory / "demo_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for name, m in MODELS.items():
-        path = directory / "models" / f"{name}.safetensors"
+    (directory / "models" / "seed").mkdir(exist_ok=True)
+    for name, (weights, m) in _recipes().items():
+        path = directory / weights
         if path.exists() and not retrain:
             continue
         t0 = time.perf_counter()
-        model = _train(module.mlp, xtr, ytr, m["width"], m["depth"], m["seed"])
+        model = _train(module.mlp, xtr, ytr, **m)
         with torch.no_grad():
             acc = (model(torch.from_numpy(xte)).argmax(1).numpy() == yte).mean()
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -147,10 +192,10 @@ def build_project(directory: Path, console=None, retrain: bool = False) -> Path:
     entries: list[dict[str, Any]] = []
     gates: list[dict[str, Any]] = []
     for name, probe in installed_probes().items():
-        offered = probe.demo_entries(list(MODELS), dict(DATASETS))
+        offered = probe.demo_entries(list(_recipes()), dict(DATASETS))
         if not offered:
             say(f"[dim]probe {name!r} offers no demo configuration; not in the demo[/]")
         entries += offered
-        gates += probe.demo_gates(list(MODELS), dict(DATASETS))
+        gates += probe.demo_gates(list(_recipes()), dict(DATASETS))
     (directory / "audit.toml").write_text(_config_text(entries, gates))
     return directory

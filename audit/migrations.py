@@ -57,4 +57,19 @@ MIGRATIONS: list[tuple[str, str]] = [
             from runs r left join run_ends e using (run_id);
         """,
     ),
+    (
+        "model outputs cache",
+        # A model's outputs on a dataset, keyed by content fingerprints, so that a job whose model list
+        # changed (one more candidate beside a reference ensemble) reuses the others' outputs. Stored the
+        # way `arrays` stores a result's arrays (bit-exact round trip). A cache, not a record: the first row
+        # stored under a key is kept, except under `audit run --force`, which replaces it.
+        """
+        create table model_outputs (
+            model_fingerprint varchar not null, dataset_fingerprint varchar not null, kind varchar not null,
+            dtype varchar not null, shape integer[], numbers double[], strings varchar[],
+            created_at timestamptz not null,
+            primary key (model_fingerprint, dataset_fingerprint, kind)
+        );
+        """,
+    ),
 ]

@@ -27,7 +27,7 @@ import torch
 
 import audit
 from audit import sources
-from audit.catalog import Catalog, StoredResult
+from audit.catalog import Catalog, CatalogOutputCache, StoredResult
 from audit.config import Config, ProbeEntry
 from audit.context import Context, DatasetHandle, ModelHandle, ProgressFactory, no_progress
 from audit.errors import ProbeInputError, UsageError
@@ -181,6 +181,9 @@ class Runner:
         self.catalog = catalog
         self.device = device
         self.force = force
+        # models' outputs per (model, dataset) fingerprints, shared by every job and run (Context.model_outputs);
+        # --force recomputes each once in this run and replaces what the catalog held
+        self.output_cache = CatalogOutputCache(catalog, refresh=force)
         self._datasets: dict[str, sources.Dataset] = {}
         self._model_fps: dict[str, str] = {}
 
@@ -241,7 +244,7 @@ class Runner:
         seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}:{key}".encode()).digest()[:4], "little")
         models = [ModelHandle(m, self.model_fingerprint(m), self._model_loader(m)) for m in job.models]
         datasets = [self._dataset_handle(d) for d in job.datasets]
-        ctx = Context(models, datasets, self.device, seed, progress_factory)
+        ctx = Context(models, datasets, self.device, seed, progress_factory, self.output_cache)
         start = time.perf_counter()
         error = None
         result = None

@@ -603,3 +603,181 @@ def test_cli_reports_a_config_error_as_one_line_exit_2(tmp_path, text, key, frag
         assert f"{bad}: {key}: " in line
     assert fragment in line
     assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------- families of models (a glob of files)
+
+
+def save_linear(path: Path, seed: int) -> None:
+    """A tiny real checkpoint: the state dict of an nn.Linear, as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in torch.nn.Linear(3, 2).state_dict().items()}, str(path))
+
+
+FAMILY = """
+    [models.cand_a]
+    torchscript = "b.ts"
+
+    [models.seed]
+    factory = "demo_models:mlp"
+    kwargs = { width = 4 }
+    weights = "models/seed_*.safetensors"
+
+    [models.cand_b]
+    torchscript = "b.ts"
+
+    [datasets.d]
+    path = "d.npz"
+"""
+
+
+@pytest.fixture
+def family(tmp_path) -> Path:
+    for i in (2, 0, 1, 10):  # created out of order; expanded in sorted order
+        save_linear(tmp_path / "models" / f"seed_{i:02d}.safetensors", i)
+    save_linear(tmp_path / "models" / "cand.safetensors", 99)  # does not match the pattern
+    (tmp_path / "models" / "seed_notes.txt").write_text("not a checkpoint, not matched")
+    return tmp_path
+
+
+def test_a_glob_of_weights_is_a_family_of_models_named_by_file_stem(family, probes):
+    cfg = load_config(write(family, FAMILY), probes)
+    root = family.resolve()
+    seeds = ["seed/seed_00", "seed/seed_01", "seed/seed_02", "seed/seed_10"]
+    assert list(cfg.models) == ["cand_a", *seeds, "cand_b"]  # the family takes its table's place
+    assert "seed" not in cfg.models
+    for name in seeds:
+        spec = cfg.models[name]
+        assert spec == ModelSpec(
+            name,
+            factory="demo_models:mlp",
+            kwargs={"width": 4},
+            weights=root / "models" / f"{name.split('/')[1]}.safetensors",
+            family="seed",
+        )
+    assert cfg.models["cand_a"].family is None
+
+
+def test_a_glob_of_torchscript_files_and_a_recursive_glob(tmp_path, probes):
+    for rel in ("runs/s1/model.ts", "runs/s0/model.ts", "runs/s0/best.ts"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).touch()  # the loader only checks that files exist
+    cfg = load_config(write(tmp_path, '[models.ts]\ntorchscript = "runs/*/best.ts"\n'), probes)
+    assert list(cfg.models) == ["ts/best"]
+    assert cfg.models["ts/best"].torchscript == (tmp_path / "runs/s0/best.ts").resolve()
+    e, _ = load_error(tmp_path, probes, '[models.ts]\ntorchscript = "runs/**/model.ts"\n')
+    assert e.key == "models.ts.torchscript"  # two files named model.ts: the names would collide
+    assert "both give the model name 'ts/model'" in str(e) and "narrow the pattern" in str(e)
+
+
+def test_a_pattern_that_matches_no_file_is_one_line_naming_the_key_and_pattern(tmp_path, probes):
+    e, path = load_error(
+        tmp_path, probes, '[models.seed]\nfactory = "x:y"\nweights = "models/seed_*.safetensors"\n'
+    )
+    assert e.key == "models.seed.weights"
+    assert str(e) == (
+        f"{path}: models.seed.weights: pattern 'models/seed_*.safetensors' matches no file "
+        f"under {tmp_path.resolve()}"
+    )
+    assert "\n" not in str(e)
+
+
+def test_each_file_of_a_family_is_validated(family, probes):
+    (family / "models" / "seed_99.onnx").touch()
+    e, _ = load_error(family, probes, '[models.seed]\nfactory = "x:y"\nweights = "models/seed_*"\n')
+    assert e.key == "models.seed.weights"
+    assert "expected a .safetensors or a .pt/.pth state dict, got 'seed_99.onnx'" in str(e)
+    e, _ = load_error(family, probes, '[models.seed]\nweights = "models/seed_*.safetensors"\n')
+    assert e.key == "models.seed" and "expected exactly one of" in str(e)
+    e, _ = load_error(family, probes, '[models.p]\npickle = "models/seed_*.safetensors"\n')
+    assert e.key == "models.p.pickle" and "trust = true" in str(e)
+
+
+def test_a_family_member_cannot_reuse_a_defined_name(family, probes):
+    text = FAMILY + '\n[models."seed/seed_01"]\ntorchscript = "b.ts"\n'
+    e, _ = load_error(family, probes, text)
+    assert e.key == "models.seed/seed_01" and "'seed/seed_01' is already defined" in str(e)
+
+
+def test_a_file_name_with_glob_characters_that_exists_is_taken_literally(tmp_path, probes):
+    save_linear(tmp_path / "ckpt[1].safetensors", 0)
+    cfg = load_config(
+        write(tmp_path, '[models.m]\nfactory = "x:y"\nweights = "ckpt[1].safetensors"\n'), probes
+    )
+    assert list(cfg.models) == ["m"] and cfg.models["m"].family is None
+
+
+def test_patterns_in_a_probe_entry_expand_in_order_of_definition(family, probes):
+    text = FAMILY + (
+        '[[probes]]\nprobe = "entk"\nmodels = ["seed/*", "cand_*"]\n'
+        '[[probes]]\nprobe = "entk"\nmodels = ["cand_b", "cand_?", "seed/seed_0[01]"]\n'
+        '[[probes]]\nprobe = "entk"\n'  # no models: every defined one, the family's members included
+    )
+    cfg = load_config(write(family, text), probes)
+    seeds = ["seed/seed_00", "seed/seed_01", "seed/seed_02", "seed/seed_10"]
+    assert cfg.probes[0].models == [*seeds, "cand_a", "cand_b"]
+    # each model once; an exact name keeps its place, a later pattern adds only what is new
+    assert cfg.probes[1].models == ["cand_b", "cand_a", "seed/seed_00", "seed/seed_01"]
+    assert cfg.probes[2].models == ["cand_a", *seeds, "cand_b"]
+
+
+def test_probe_entry_pattern_errors(family, probes):
+    e, _ = load_error(family, probes, FAMILY + '[[probes]]\nprobe = "entk"\nmodels = ["seed/*", "zz*"]\n')
+    assert e.key == "probes[0].models"
+    assert "pattern 'zz*' matches no model (defined: cand_a, seed/seed_00," in str(e)
+    e, _ = load_error(family, probes, FAMILY + '[[probes]]\nprobe = "entk"\nmodels = ["seed"]\n')
+    assert e.key == "probes[0].models"
+    assert "unknown model 'seed'; 'seed' is a family of models, name them all with 'seed/*'" in str(e)
+    e, _ = load_error(family, probes, FAMILY + '[[probes]]\nprobe = "cka"\nmodels = ["seed/*"]\n')
+    assert e.key == "probes[0].models" and "takes at most 2 per job, got 4" in str(e)
+    e, _ = load_error(family, probes, FAMILY + '[[probes]]\nprobe = "entk"\ndatasets = ["x*"]\n')
+    assert e.key == "probes[0].datasets" and "pattern 'x*' matches no dataset (defined: d)" in str(e)
+
+
+def test_a_long_list_of_defined_names_is_shortened(tmp_path, probes):
+    for i in range(30):
+        (tmp_path / "m" / f"s{i:02d}.ts").parent.mkdir(exist_ok=True)
+        (tmp_path / "m" / f"s{i:02d}.ts").touch()
+    text = '[models.s]\ntorchscript = "m/*.ts"\n' + _D + '[[probes]]\nprobe = "entk"\nmodels = ["t*"]\n'
+    e, _ = load_error(tmp_path, probes, text)
+    assert str(e).endswith(
+        "(defined: s/s00, s/s01, s/s02, s/s03, s/s04, s/s05, s/s06, s/s07, s/s08, s/s09, "
+        "s/s10, s/s11, … (18 more))"
+    )
+
+
+def test_gate_model_patterns(family, probes):
+    text = FAMILY + (
+        '[[gates]]\nprobe = "cka"\nmetric = "accuracy"\nmin = 0.9\nmodel = "cand_*"\n'
+        '[[gates]]\nprobe = "cka"\nmetric = "cross_mean"\nmin = 0.9\nmodel = "cand_a,seed/*"\ndataset = "?"\n'
+    )
+    g0, g1 = load_config(write(family, text), probes).gates
+    assert g0.model == "cand_*" and g0.expected_models == ("cand_a", "cand_b")
+    assert g1.model == "cand_a,seed/*" and g1.expected_models == ()  # a job label: matched as a whole
+
+
+@pytest.mark.parametrize(
+    ("gate", "key", "fragment"),
+    [
+        ('model = "zz*"', "gates[0].model", "pattern 'zz*' matches no model (defined: cand_a, seed/seed_00"),
+        ('model = "cand_a,zz*"', "gates[0].model", "pattern 'zz*' matches no model"),
+        ('dataset = "q*"', "gates[0].dataset", "pattern 'q*' matches no dataset (defined: d)"),
+        ('baseline = "cand_*"', "gates[0].baseline", "expected the name of one model, not a pattern"),
+    ],
+)
+def test_gate_pattern_errors(family, probes, gate, key, fragment):
+    text = FAMILY + f'[[gates]]\nprobe = "cka"\nmetric = "accuracy"\nmin = 0.9\n{gate}\n'
+    e, _ = load_error(family, probes, text)
+    assert e.key == key and fragment in str(e) and "\n" not in str(e)
+
+
+def test_cli_reports_a_pattern_that_matches_no_file_as_one_line_exit_2(tmp_path):
+    bad = write(tmp_path, '[models.seed]\nfactory = "x:y"\nweights = "models/seed_*.safetensors"\n')
+    proc = run_audit("run", "--config", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {bad}: models.seed.weights: pattern 'models/seed_*.safetensors'")

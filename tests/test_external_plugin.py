@@ -22,8 +22,18 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
     assert [p["name"] for p in probes["output_mean"]["params"]] == ["batch_size", "sleep", "fail_on"]
     assert probes["output_mean"]["needs"] == {"models": [1, 1], "datasets": [1, 1]}
 
-    # named on the command line, not configured: runs on every configured model × dataset (2 × 3)
-    ran = run_audit("run", "output_mean", "--config", str(demo_project / "audit.toml"), env=env)
+    # named on the command line, not configured: runs on every model × dataset the flags name (2 × 3)
+    ran = run_audit(
+        "run",
+        "output_mean",
+        "--model",
+        "mlp_a",
+        "--model",
+        "mlp_b",
+        "--config",
+        str(demo_project / "audit.toml"),
+        env=env,
+    )
     assert ran.returncode == 0, ran.stderr
     assert "6 computed" in ran.stderr
     q = run_audit(

@@ -15,7 +15,7 @@ from conftest import SUBPROCESS_ENV, run_audit
 from external_plugin import install_external_plugin
 
 SLOW_ENTRY = (
-    '\n[[probes]]\nprobe = "output_mean"\ndatasets = ["digits_test", "digits_rotated"]\n'
+    '\n[[probes]]\nprobe = "output_mean"\nmodels = ["mlp_a", "mlp_b"]\ndatasets = ["digits_test", "digits_rotated"]\n'
     "params = {{ sleep = {sleep}{extra} }}\n"
 )
 

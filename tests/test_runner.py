@@ -52,9 +52,15 @@ def test_a_probe_named_but_not_configured_runs_on_what_the_flags_name(config):
 def test_two_models_on_two_datasets_is_refused_before_anything_runs(config):
     config.probes.clear()
     with pytest.raises(UsageError, match="not both in one job"):
-        plan(config, installed_probes(), only_probes=["cka"], only_datasets=["digits_test", "digits_rotated"])
+        plan(
+            config,
+            installed_probes(),
+            only_probes=["cka"],
+            only_models=["mlp_a", "mlp_b"],
+            only_datasets=["digits_test", "digits_rotated"],
+        )
     with pytest.raises(UsageError, match="takes 1 to 2 datasets per job, got 3"):
-        plan(config, installed_probes(), only_probes=["cka"])
+        plan(config, installed_probes(), only_probes=["cka"], only_models=["mlp_a"])
 
 
 def test_cache_key_follows_content_params_and_roles(config, demo_project):

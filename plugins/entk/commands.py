@@ -7,7 +7,6 @@ the command, so `audit --help` does not load them.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import sys
@@ -23,6 +22,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from audit.cli import one_line_errors
 from audit.errors import UsageError
 
 # The defaults of forensics.run_experiment (repeated here so that --help needs no torch import).
@@ -39,22 +39,6 @@ class ForensicsFormat(StrEnum):
     table = "table"
     json = "json"
     markdown = "markdown"
-
-
-def _one_line_errors(fn: F) -> F:
-    """A UsageError becomes one line on stderr and exit code 2, as everywhere in the `audit` CLI."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UsageError as e:
-            Console(stderr=True).print(
-                f"[bold red]error:[/] {escape(' '.join(str(e).split()))}", highlight=False, soft_wrap=True
-            )
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _check(dim: int, width: int, samples: int, steps: int, seed: int) -> None:
@@ -248,7 +232,7 @@ def _table(report: dict) -> Table:
     return table
 
 
-@_one_line_errors
+@one_line_errors
 def entk_forensics(
     seed: Annotated[
         int, typer.Option("--seed", help="seeds the data, the initialisation and the batches")
