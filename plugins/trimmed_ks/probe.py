@@ -112,7 +112,8 @@ class TrimmedKSProbe(Probe):
             cand_idx = ref_idx = np.arange(n)
 
         result = ProbeResult()
-        result.warn(f"scores: {kind}; reference: {', '.join(m.name for m in reference)}")
+        result.array("score_kind", np.array([kind]))  # the resolved choice, stored with the result
+        result.array("reference_models", np.array([m.name for m in reference]))
         level = params["level"] or None
         ref_names = [m.name for m in reference]
 
