@@ -30,6 +30,7 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
         "mlp_a",
         "--model",
         "mlp_b",
+        *("--data", "digits_train", "--data", "digits_test", "--data", "digits_rotated"),
         "--config",
         str(demo_project / "audit.toml"),
         env=env,

@@ -60,7 +60,13 @@ def test_two_models_on_two_datasets_is_refused_before_anything_runs(config):
             only_datasets=["digits_test", "digits_rotated"],
         )
     with pytest.raises(UsageError, match="takes 1 to 2 datasets per job, got 3"):
-        plan(config, installed_probes(), only_probes=["cka"], only_models=["mlp_a"])
+        plan(
+            config,
+            installed_probes(),
+            only_probes=["cka"],
+            only_models=["mlp_a"],
+            only_datasets=["digits_train", "digits_test", "digits_rotated"],
+        )
 
 
 def test_cache_key_follows_content_params_and_roles(config, demo_project):
