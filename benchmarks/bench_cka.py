@@ -322,6 +322,21 @@ def wait_for_idle(limit_s: float, busy_cores: float = 0.1) -> None:
             return
 
 
+def read_worker_log(out: Path, res) -> list[dict]:
+    """Fold a worker's JSON-lines log (``out``.jsonl) into `res`: the first error, the best time of its runs,
+    the largest peak and the repeat count (non-zero when a run finished and its outputs exist). Returns the
+    records, for the fields only one benchmark writes."""
+    log = out.with_suffix(".jsonl")
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    runs = [r for r in records if "seconds" in r]
+    res.error = next((r["error"] for r in records if "error" in r), res.error)
+    if runs:
+        res.seconds = min(r["seconds"] for r in runs)
+        res.peak_mib = max(r["peak_mib"] for r in runs)
+        res.repeats = len(runs)
+    return records
+
+
 def measure(impl: Impl, n: int, args: argparse.Namespace, tmp: Path) -> Result:
     """Run one measurement; rerun it while other processes used the CPU meanwhile, keep the quietest try."""
     tries: list[Result] = []
@@ -370,16 +385,8 @@ def run_one(impl: Impl, n: int, args: argparse.Namespace, tmp: Path) -> Result:
     busy1 = busy_cpu_seconds()
     if busy0 is not None and busy1 is not None:
         res.foreign_cpu_s = max(0.0, busy1 - busy0 - (children_cpu_seconds() - own0))
-    log = out.with_suffix(".jsonl")
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    runs = [r for r in records if "seconds" in r]
-    errors = [r["error"] for r in records if "error" in r]
-    if errors:
-        res.error = errors[0]
-    if runs:
-        res.seconds = min(r["seconds"] for r in runs)
-        res.peak_mib = max(r["peak_mib"] for r in runs)
-        res.repeats = len(runs)
+    read_worker_log(out, res)
+    if res.repeats:
         res.matrix = np.load(out.with_suffix(".npy"))
     ref = out.with_name(out.name + ".ref.npy")
     if ref.exists():

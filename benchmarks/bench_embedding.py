@@ -87,6 +87,7 @@ from bench_cka import (  # noqa: E402
     busy_cpu_seconds,
     children_cpu_seconds,
     proc_status_kib,
+    read_worker_log,
     reset_peak_rss,
     wait_for_idle,
 )
@@ -436,14 +437,8 @@ def run_one(impl: Impl, cfg: dict, args: argparse.Namespace, folder: Path) -> Re
     busy1 = busy_cpu_seconds()
     if busy0 is not None and busy1 is not None:
         res.foreign_cpu_s = max(0.0, busy1 - busy0 - (children_cpu_seconds() - own0))
-    log = out.with_suffix(".jsonl")
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    runs = [r for r in records if "seconds" in r]
-    res.error = next((r["error"] for r in records if "error" in r), res.error)
-    if runs:
-        res.seconds = min(r["seconds"] for r in runs)
-        res.peak_mib = max(r["peak_mib"] for r in runs)
-        res.repeats = len(runs)
+    read_worker_log(out, res)
+    if res.repeats:
         with np.load(out.with_suffix(".npz")) as npz:
             res.arrays = {k: npz[k] for k in npz.files}
         res.scalars = json.loads(out.with_suffix(".json").read_text())

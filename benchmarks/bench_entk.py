@@ -49,6 +49,7 @@ from bench_cka import (  # noqa: E402
     busy_cpu_seconds,
     children_cpu_seconds,
     proc_status_kib,
+    read_worker_log,
     reset_peak_rss,
     wait_for_idle,
 )
@@ -457,16 +458,9 @@ def run_one(impl: Impl, model: str, n: int, args, folder: Path) -> Result:
     busy1 = busy_cpu_seconds()
     if busy0 is not None and busy1 is not None:
         res.foreign_cpu_s = max(0.0, busy1 - busy0 - (children_cpu_seconds() - own0))
-    log = out.with_suffix(".jsonl")
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    records = read_worker_log(out, res)
     runs = [r for r in records if "seconds" in r]
-    errors = [r["error"] for r in records if "error" in r]
-    if errors:
-        res.error = errors[0]
     if runs:
-        res.seconds = min(r["seconds"] for r in runs)
-        res.peak_mib = max(r["peak_mib"] for r in runs)
-        res.repeats = len(runs)
         res.matrix = np.load(out.with_suffix(".npy"))
     prog = [r for r in records if "progress" in r]
     if prog and prog[-1].get("abandoned"):
