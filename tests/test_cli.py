@@ -38,15 +38,16 @@ def test_run_records_every_result_and_a_second_run_reuses_them(ran):
         {"probe": "cka", "status": "ok", "models": 2, "datasets": 1},
         {"probe": "embedding", "status": "ok", "models": 1, "datasets": 2},
         {"probe": "embedding", "status": "ok", "models": 1, "datasets": 2},  # the text instrument
+        {"probe": "emulator", "status": "ok", "models": 2, "datasets": 2},
         {"probe": "entk", "status": "ok", "models": 1, "datasets": 3},
         {"probe": "trimmed_ks", "status": "ok", "models": 15, "datasets": 1},
     ]
     again = run_audit("run", "--config", str(ran / "audit.toml"))
-    assert again.returncode == 0 and "0 computed, 6 reused" in again.stderr
+    assert again.returncode == 0 and "0 computed, 7 reused" in again.stderr
     forced = run_audit("run", "--config", str(ran / "audit.toml"), "--force", "--model", "mlp_b")
     assert "1 computed, 0 reused" in forced.stderr
     runs = q(ran, "select status, computed, reused from run_summary order by started_at", "--format", "csv")
-    assert runs.stdout.splitlines()[1:] == ["ok,6,0", "ok,0,6", "ok,1,0"]
+    assert runs.stdout.splitlines()[1:] == ["ok,7,0", "ok,0,7", "ok,1,0"]
 
 
 def test_query_formats(ran):

@@ -13,13 +13,14 @@ def test_demo_builds_the_project_runs_every_probe_and_shows_results_and_gates(tm
     first = run_audit("demo", "--dir", str(project))
     assert first.returncode == 0, first.stderr
     assert "key metrics" in first.stdout and "gates" in first.stdout
-    assert "6 computed, 0 reused" in first.stderr
+    assert "7 computed, 0 reused" in first.stderr
     assert "trained mlp_a" in first.stderr and "trained mlp_b" in first.stderr
 
     config = tomllib.loads((project / "audit.toml").read_text())
     assert {e["probe"] for e in config["probes"]} == {
         "cka",
         "embedding",
+        "emulator",
         "entk",
         "trimmed_ks",
     }  # every installed probe with a demo entry
@@ -39,6 +40,6 @@ def test_demo_builds_the_project_runs_every_probe_and_shows_results_and_gates(tm
     assert accuracy["digits_rotated"] < 0.5  # ... that fails out of distribution
 
     again = run_audit("demo", "--dir", str(project))
-    assert again.returncode == 0 and "0 computed, 6 reused" in again.stderr
+    assert again.returncode == 0 and "0 computed, 7 reused" in again.stderr
     assert "trained" not in again.stderr  # existing weights are kept, so results are reused
     assert run_audit("gate", cwd=project).returncode == 0

@@ -1,0 +1,238 @@
+"""The `emulator` probe: in process on emulators with known errors, and end to end on the toy SMF project."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from audit.context import Context, DatasetHandle, ModelHandle
+from audit.errors import ProbeInputError
+from conftest import run_audit
+from model_audit_probes.emulator import toy
+from model_audit_probes.emulator.probe import EmulatorProbe
+
+P = toy.N_BINS
+
+
+class Table(nn.Module):
+    """An 'emulator' whose prediction for input i is row i of a table (the inputs are row indices)."""
+
+    def __init__(self, rows: np.ndarray):
+        super().__init__()
+        self.register_buffer("rows", torch.from_numpy(np.asarray(rows, dtype=np.float32)))
+
+    def forward(self, idx):
+        return self.rows[idx.long().reshape(-1)]
+
+
+def held_out(name: str, targets: np.ndarray) -> DatasetHandle:
+    idx = np.arange(len(targets))
+
+    def batches(bs, device):
+        for s in range(0, len(targets), bs):
+            yield torch.from_numpy(idx[s : s + bs]), torch.from_numpy(targets[s : s + bs].astype(np.float32))
+
+    return DatasetHandle(name, f"fp-{name}", len(targets), "regression", True, batches)
+
+
+def covariance_set(name: str, rows: np.ndarray) -> DatasetHandle:
+    def batches(bs, device):
+        for s in range(0, len(rows), bs):
+            yield torch.from_numpy(np.asarray(rows[s : s + bs], dtype=np.float32)), None
+
+    return DatasetHandle(name, f"fp-{name}", len(rows), None, False, batches)
+
+
+def run_probe(models: dict[str, np.ndarray], datasets: list[DatasetHandle], **params):
+    handles = [ModelHandle(n, f"fp-{n}", (lambda t=t: Table(t))) for n, t in models.items()]
+    probe = EmulatorProbe()
+    ctx = Context(handles, datasets, torch.device("cpu"), seed=0)
+    return probe.run(ctx, probe.validate_params(params))
+
+
+def values(result, name):
+    return {(m.model, m.dataset): m.value for m in result.metrics if m.name == name}
+
+
+@pytest.fixture(scope="module")
+def boxes():
+    """Truth, noisy simulation outputs (log10 φ) and the noise covariance of the toy problem."""
+    data = toy.smf_boxes(2000, seed=3)
+    return data["truth"].astype(np.float64), data["targets"].astype(np.float64), toy.noise_covariance()
+
+
+def test_the_truth_is_calibrated_and_a_biased_emulator_is_caught(boxes):
+    truth, measured, cov = boxes
+    sigma = np.sqrt(np.diag(cov))
+    result = run_probe(
+        {"truth": truth, "biased": truth - 0.5 * sigma, "poor": truth + 0.2 * np.sin(np.arange(P))},
+        [held_out("boxes", measured), covariance_set("cov", cov)],
+        covariance="cov",
+        stored="log10",
+        baseline="poor",
+    )
+    chi2_mean = values(result, "chi2_mean")
+    calib = values(result, "calibration_p_value")
+    assert abs(chi2_mean["truth", "boxes"] - 1) < 4 * np.sqrt(2 / (P * 2000))
+    assert calib["truth", "boxes"] > 0.01
+    # a common shift is partly a high-variance direction of the correlated noise, so χ² grows by bᵀΣ⁻¹b/p only
+    sigma_inv = np.linalg.inv(cov)
+    excess = (0.5 * sigma) @ sigma_inv @ (0.5 * sigma) / P
+    assert chi2_mean["biased", "boxes"] == pytest.approx(chi2_mean["truth", "boxes"] + excess, abs=0.03)
+    assert excess > 0.05 and calib["biased", "boxes"] < 1e-6
+    assert values(result, "pull_bias_max")["biased", "boxes"] == pytest.approx(0.5, abs=0.1)
+    ratio = values(result, "chi2_mean_ratio")
+    assert ratio["truth", "boxes"] == pytest.approx(chi2_mean["truth", "boxes"] / chi2_mean["poor", "boxes"])
+    assert ("poor", "boxes") not in ratio  # the baseline is not compared with itself
+    # the stored per-sample χ² is the direct formula, in log10 space as stored
+    r = measured - truth.astype(np.float32).astype(np.float64)
+    direct = np.einsum("ij,jk,ik->i", r, np.linalg.inv(cov.astype(np.float32).astype(np.float64)), r)
+    np.testing.assert_allclose(result.arrays["truth@boxes:chi2"], direct, rtol=1e-6)
+    np.testing.assert_allclose(
+        result.arrays["truth@boxes:p_values"], stats.chi2.sf(direct, P), rtol=1e-5, atol=1e-12
+    )
+    assert result.arrays["truth@boxes:frac_err_percentiles"].shape == (3, P)
+    assert result.arrays["covariance_kind"][0] == "full"
+    assert values(result, "hartlap_factor")[None, None] == 1.0
+
+
+def test_realisations_estimate_the_covariance_with_hartlap(boxes):
+    truth, measured, _ = boxes
+    reals = toy.smf_realisations(60, seed=5)["inputs"]
+    result = run_probe(
+        {"truth": truth},
+        [held_out("boxes", measured), covariance_set("sims", reals)],
+        covariance="sims",
+        stored="log10",
+    )
+    assert result.arrays["covariance_kind"][0] == "realisations"
+    assert values(result, "hartlap_factor")[None, None] == pytest.approx((60 - P - 2) / 59)
+    # Hotelling p-values of the true model are calibrated even with only 60 realisations
+    assert values(result, "calibration_p_value")["truth", "boxes"] > 0.001
+
+
+def test_linear_storage_compared_in_log10_with_the_nonpositive_rule():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(1, 10, size=(300, 4))
+    measured = truth * 10 ** (0.05 * rng.normal(size=truth.shape))
+    errors = np.full((1, 4), 0.05)
+    ds = [held_out("t", measured), covariance_set("err", errors)]
+    result = run_probe({"m": truth}, ds, covariance="err", stored="linear", space="log10")
+    assert abs(values(result, "chi2_mean")["m", "t"] - 1) < 0.15
+    fe = np.abs(truth.astype(np.float32) / measured.astype(np.float32) - 1)
+    assert values(result, "frac_err_p95")["m", "t"] == pytest.approx(np.percentile(fe, 95), rel=1e-4)
+
+    broken = truth.copy()
+    broken[3, 2] = 0.0
+    with pytest.raises(ValueError, match=r"outputs of 'm': 1 value\(s\) ≤ 0 in bins 2"):
+        run_probe({"m": broken}, ds, covariance="err", stored="linear", space="log10")
+    masked = run_probe(
+        {"m": broken}, ds, covariance="err", stored="linear", space="log10", nonpositive="mask"
+    )
+    assert values(masked, "masked_fraction")["m", "t"] == pytest.approx(1 / 1200)
+    assert any("masked" in w for w in masked.warnings)
+    assert masked.arrays["m@t:chi2"].shape == (300,) and np.isfinite(masked.arrays["m@t:chi2"]).all()
+
+
+def test_singular_covariance_is_an_error_or_a_warned_pseudo_inverse(boxes):
+    truth, measured, cov = boxes
+    singular = cov.copy()
+    singular[-1, :] = singular[:, -1] = 0.0
+    ds = [held_out("boxes", measured), covariance_set("cov", singular)]
+    with pytest.raises(ProbeInputError, match=r"covariance dataset 'cov'.*rank 13 of 14.*pinv"):
+        run_probe({"truth": truth}, ds, covariance="cov", stored="log10")
+    result = run_probe({"truth": truth}, ds, covariance="cov", stored="log10", singular="pinv")
+    assert any("pseudo-inverse" in w for w in result.warnings)
+    assert values(result, "covariance_rank")[None, None] == 13
+    assert np.isfinite(result.arrays["truth@boxes:chi2"]).all()
+    assert abs(values(result, "chi2_mean")["truth", "boxes"] - 1) < 0.05
+
+
+def test_job_errors_name_what_to_fix(boxes):
+    truth, measured, cov = boxes
+    ds = [held_out("boxes", measured), covariance_set("cov", cov)]
+    with pytest.raises(ValueError, match=r"params\.covariance: name"):
+        run_probe({"truth": truth}, ds)
+    with pytest.raises(ValueError, match=r"'nope' is not one of the job's datasets \(boxes, cov\)"):
+        run_probe({"truth": truth}, ds, covariance="nope")
+    with pytest.raises(ValueError, match="matches 2 of the job's models"):
+        run_probe({"a": truth, "b": truth}, ds, covariance="cov", baseline="*")
+    with pytest.raises(ProbeInputError, match=r"outputs of shape \(2000, 13\)"):
+        run_probe({"short": truth[:, :13]}, ds, covariance="cov")
+    with pytest.raises(ProbeInputError, match="13 bins per row"):
+        run_probe(
+            {"truth": truth},
+            [held_out("boxes", measured), covariance_set("c", cov[:13, :13])],
+            covariance="c",
+            covariance_kind="full",
+        )
+    with pytest.raises(ProbeInputError, match="no targets"):
+        run_probe(
+            {"truth": truth}, [covariance_set("x", measured), covariance_set("cov", cov)], covariance="cov"
+        )
+
+
+# ------------------------------------------------------------------------------ end to end (CLI)
+
+PROJECT = """
+[models.smf_emulator]
+factory = "model_audit_probes.emulator.toy:smf_emulator"
+kwargs = { epochs = 400 }
+[models.smf_polynomial]
+factory = "model_audit_probes.emulator.toy:smf_polynomial"
+kwargs = { degree = 1 }
+[datasets.smf_test]
+factory = "model_audit_probes.emulator.toy:smf_boxes"
+kwargs = { n = 300, seed = 0 }
+targets = "targets"
+[datasets.smf_errors]
+factory = "model_audit_probes.emulator.toy:smf_errors"
+
+[[probes]]
+probe = "emulator"
+models = ["smf_emulator", "smf_polynomial"]
+datasets = ["smf_test", "smf_errors"]
+params = { covariance = "smf_errors", stored = "log10", baseline = "smf_polynomial" }
+
+[[gates]]
+probe = "emulator"
+metric = "chi2_mean_ratio"
+model = "smf_emulator"
+max = 0.5
+
+[[gates]]
+probe = "emulator"
+metric = "chi2_mean"
+model = "smf_polynomial"
+max = 2
+"""
+
+
+def test_cli_run_and_gate_on_the_toy_project(tmp_path):
+    (tmp_path / "audit.toml").write_text(PROJECT)
+    run = run_audit("run", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    rows = run_audit(
+        "query",
+        "select model, metric, value from metrics where probe = 'emulator' and metric = 'chi2_mean' order by model",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    )
+    lines = rows.stdout.strip().splitlines()[1:]
+    chi = {line.split(",")[0]: float(line.split(",")[2]) for line in lines}
+    assert chi["smf_emulator"] < chi["smf_polynomial"]  # a trained MLP beats a linear fit in θ
+    gate = run_audit("gate", "--markdown", str(tmp_path / "gates.md"), cwd=tmp_path)
+    assert gate.returncode == 1  # the linear baseline fails its χ² gate; the emulator passes its ratio gate
+    md = (tmp_path / "gates.md").read_text()
+    assert "chi2_mean_ratio" in md and "smf_polynomial" in md and "fail" in md.lower()
+
+
+def test_cli_unknown_parameter_is_one_line_exit_2(tmp_path):
+    (tmp_path / "audit.toml").write_text(PROJECT.replace('stored = "log10"', 'stored = "log"'))
+    run = run_audit("run", cwd=tmp_path)
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1 and "stored" in run.stderr
