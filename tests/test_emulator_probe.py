@@ -236,3 +236,28 @@ def test_cli_unknown_parameter_is_one_line_exit_2(tmp_path):
     run = run_audit("run", cwd=tmp_path)
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and "stored" in run.stderr
+
+
+def test_figures_draw_from_the_stored_arrays_alone(boxes):
+    from datetime import datetime
+
+    from audit.results import ResultView, StoredMetric
+    from model_audit_probes.emulator.figures import render
+
+    truth, measured, cov = boxes
+    result = run_probe(
+        {"truth": truth, "poor": truth + 0.1},
+        [held_out("boxes", measured), covariance_set("cov", cov)],
+        covariance="cov",
+        stored="log10",
+        baseline="poor",
+    )
+    view = ResultView(
+        "r1", "run1", "emulator", EmulatorProbe.version, {}, ("truth", "poor"), ("boxes", "cov"), "ok", None,
+        (), datetime.now(), 1.0, "cpu",
+        tuple(StoredMetric(m.name, m.value, m.model, m.dataset) for m in result.metrics),
+        lambda: {k: v.copy() for k, v in result.arrays.items()},
+    )  # fmt: skip
+    figures = render(view)
+    assert len(figures) == 1 and figures[0].dataset == "boxes"
+    assert figures[0].png.startswith(b"\x89PNG") and len(figures[0].png) > 10_000
