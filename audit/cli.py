@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import math
+import os
 import re
 import sys
 import tomllib
@@ -154,6 +155,31 @@ def probes(
     out.print(table)
 
 
+@app.command()
+@one_line_errors
+def executors(
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table or json")
+    ] = OutputFormat.table,
+) -> None:
+    """List the installed executors (where `audit run` executes jobs) with their options."""
+    from audit.plugins import installed_executors
+
+    found = installed_executors()
+    if format is OutputFormat.json:
+        out.print_json(json.dumps([e.describe() for e in found.values()], default=str))
+        return
+    if format is OutputFormat.csv:
+        raise UsageError("--format csv is not available for `audit executors` (use table or json)")
+    table = Table(title=f"{len(found)} executor(s)", show_lines=True)
+    for col in ("executor", "options", "description"):
+        table.add_column(col, overflow="fold")
+    for name, e in found.items():
+        options = "\n".join(f"{p.name} ({p.type.__name__}) = {p.default!r}: {p.help}" for p in e.options) or "—"
+        table.add_row(f"[bold]{name}[/]", rich.markup.escape(options), rich.markup.escape(e.description))
+    out.print(table)
+
+
 def _range(bounds: list[int | None]) -> str:
     lo, hi = bounds
     if hi is None:
@@ -164,24 +190,105 @@ def _range(bounds: list[int | None]) -> str:
 # ------------------------------------------------------------------ run
 
 
-class _RichProgressFactory:
-    """Gives each probe a progress bar under the overall jobs bar."""
+class _RunDisplay:
+    """The `audit run` display: one overall bar (done / running / failed) and a bar per running job's work."""
 
-    def __init__(self, progress: Progress):
+    def __init__(self, progress: Progress, total: int):
         self.progress = progress
-        self.task_id: Any = None
+        self.overall = progress.add_task("jobs", total=total)
+        self.running: dict[str, str] = {}
+        self.failed = 0
+        self.bars: dict[str, list[Any]] = {}
 
-    def __call__(self, total: float, description: str):
-        if self.task_id is not None:
-            self.progress.remove_task(self.task_id)
-        self.task_id = self.progress.add_task(f"  {description}", total=total)
-        progress, task_id = self.progress, self.task_id
+    def _describe(self) -> None:
+        parts = ["jobs"]
+        if self.running:
+            parts.append(f"{len(self.running)} running")
+        if self.failed:
+            parts.append(f"[red]{self.failed} failed[/]")
+        if len(self.running) == 1:
+            parts.append(next(iter(self.running)))
+        self.progress.update(self.overall, description=" · ".join(parts))
+
+    def job_started(self, job, where: str) -> None:
+        self.running[job.label] = where
+        self._describe()
+
+    def bar(self, job, total: float, description: str):
+        for task_id in self.bars.pop(job.label, []):  # one bar per job at a time: the newest
+            self.progress.remove_task(task_id)
+        task_id = self.progress.add_task(f"  {description}", total=total)
+        self.bars[job.label] = [task_id]
+        progress = self.progress
 
         class _Bar:
             def advance(self, steps: float = 1) -> None:
                 progress.advance(task_id, steps)
 
         return _Bar()
+
+    def job_retrying(self, job, reason: str, attempt: int) -> None:
+        self.progress.console.print(
+            f"[yellow]retry[/] {job.label}: {reason}; attempt {attempt}", highlight=False
+        )
+
+    def job_finished(self, outcome) -> None:
+        label = outcome.job.label
+        self.running.pop(label, None)
+        for task_id in self.bars.pop(label, []):
+            self.progress.remove_task(task_id)
+        self.failed += outcome.status == "error"
+        self.progress.advance(self.overall)
+        self._describe()
+        mark = {"ok": "[green]done[/]", "reused": "[cyan]cached[/]", "error": "[red]error[/]"}[outcome.status]
+        line = f"{mark} {label} ({outcome.duration_s:.2f} s)"
+        if outcome.error:
+            line += f": {outcome.error.splitlines()[0]}"
+        self.progress.console.print(line, highlight=False)
+        for w in outcome.warnings:
+            self.progress.console.print(f"  [yellow]warning:[/] {w}", highlight=False)
+
+
+def _executor(cfg: Config, name: str | None, workers: int | None, address: str | None):
+    """The executor and its options: `--executor` over the config's [executor] name over the default;
+    the config's options apply when it names the same executor; --workers/--address override them."""
+    from audit.config import ConfigError
+    from audit.executors import DEFAULT_EXECUTOR
+    from audit.plugins import installed_executors
+
+    table = dict(cfg.executor)
+    configured = table.pop("name", None)
+    if configured is not None and not isinstance(configured, str):
+        raise ConfigError(cfg.path, "executor.name", f"expected a string, got {configured!r}")
+    chosen = name or configured or DEFAULT_EXECUTOR
+    executors = installed_executors()
+    if chosen not in executors:
+        where = "--executor" if name else f"{cfg.path}: executor.name"
+        raise UsageError(f"{where}: unknown executor {chosen!r} (installed: {', '.join(executors)})")
+    executor = executors[chosen]
+    options = table if chosen == (configured or DEFAULT_EXECUTOR) else {}
+    try:
+        options = executor.validate_options(options)
+    except (KeyError, ValueError) as e:
+        message = e.args[0] if isinstance(e, KeyError) else str(e)
+        raise ConfigError(cfg.path, "executor", message) from None
+    known = {p.name for p in executor.options}
+    for flag, key, value in (("--workers", "workers", workers), ("--address", "address", address)):
+        if value is None:
+            continue
+        if key not in known:
+            raise UsageError(f"{flag}: the {chosen!r} executor has no {key!r} option")
+        options[key] = value
+    return executor, executor.validate_options(options)
+
+
+def _partition(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise UsageError(f"--partition: expected K/N with 1 <= K <= N (e.g. 2/8), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 @app.command()
@@ -198,20 +305,41 @@ def run(
     ] = None,
     data: Annotated[list[str] | None, typer.Option("--data", "-d", help="only jobs on this dataset")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute results already in the catalog")] = False,
+    executor: Annotated[
+        str | None, typer.Option("--executor", "-x", help="inline | local (default) | ray | a plugin's")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="worker processes of the local executor", min=0)
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address ('auto': the running one)")
+    ] = None,
+    partition: Annotated[
+        str | None,
+        typer.Option("--partition", help="K/N: only the K-th of N disjoint shares of the jobs (array jobs)"),
+    ] = None,
     wait: WaitOpt = DEFAULT_WAIT_S,
 ) -> None:
     """Run what audit.toml configures (or the probes named) and record every result in the catalog."""
-    from audit.runner import Runner, plan, resolve_device
+    from audit.runner import Runner, partition_jobs, plan, resolve_device
 
     cfg = _config(config)
     jobs = plan(cfg, installed_probes(), probe or None, model or None, data or None)
+    share = _partition(partition)
+    chosen, options = _executor(cfg, executor, workers, address)
     if not jobs:
         err.print("nothing to run: no configured probe entry matches (see `audit probes` and audit.toml)")
         raise typer.Exit(0)
     dev = resolve_device(device or cfg.device)
     cat = _open_catalog(catalog or cfg.catalog, wait)
     runner = Runner(cfg, cat, dev, force=force)
-    err.print(f"[bold]audit run[/]: {len(jobs)} job(s) on {dev} → {cat.path}", highlight=False)
+    if share is not None:
+        jobs = partition_jobs(jobs, [runner.cache_key(j) for j in jobs], *share)
+    err.print(
+        f"[bold]audit run[/]: {len(jobs)} job(s) on {dev} via {chosen.name} → {cat.path}"
+        + (f" (partition {share[0]}/{share[1]})" if share else ""),
+        highlight=False,
+    )
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -220,26 +348,9 @@ def run(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        overall = progress.add_task("jobs", total=len(jobs))
-        factory = _RichProgressFactory(progress)
-
-        def started(job, i):
-            progress.update(overall, description=f"jobs · {job.label}")
-
-        def ended(outcome):
-            progress.advance(overall)
-            mark = {"ok": "[green]done[/]", "reused": "[cyan]cached[/]", "error": "[red]error[/]"}[
-                outcome.status
-            ]
-            line = f"{mark} {outcome.job.label} ({outcome.duration_s:.2f} s)"
-            if outcome.error:
-                line += f": {outcome.error.splitlines()[0]}"
-            progress.console.print(line, highlight=False)
-            for w in outcome.warnings:
-                progress.console.print(f"  [yellow]warning:[/] {w}", highlight=False)
-
-        summary = runner.run(jobs, sys.argv, factory, started, ended)
-        progress.update(overall, description="jobs")
+        display = _RunDisplay(progress, len(jobs))
+        summary = runner.run(jobs, sys.argv, display, chosen, options)
+        progress.update(display.overall, description="jobs")
     done = {s: sum(o.status == s for o in summary.outcomes) for s in ("ok", "reused", "error")}
     err.print(
         f"run {summary.run_id}: {done['ok']} computed, {done['reused']} reused from the catalog, "
@@ -392,6 +503,182 @@ def gate(
     passed = sum(v.passed for v in verdicts)
     (out.print if code == 0 else err.print)(f"{passed} of {len(verdicts)} gate check(s) passed")
     raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------ report and show
+
+
+def _gate_verdicts(config: Path, catalog: Catalog) -> tuple[list[gates_mod.Verdict] | None, str]:
+    """Verdicts of the config's gates on the catalog, or None and why there are none."""
+    if not config.exists():
+        return None, f"no gates configured: no {config} (pass --config to evaluate its [[gates]])"
+    cfg = _config(config)
+    if not cfg.gates:
+        return None, f"no gates configured in {cfg.path}"
+    verdicts = gates_mod.evaluate(cfg.gates, catalog, _key_metrics())
+    return verdicts, f"the [[gates]] of {cfg.path} on the latest stored values"
+
+
+def _writable(path: Path) -> Path:
+    """The report's destination, checked before any work: an unwritable path is one line, exit 2."""
+    if path.exists() and path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a directory (name a file, e.g. {path}/report.html)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"cannot write {path}: {path.parent} is not a directory") from None
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
+    return path
+
+
+@app.command()
+@one_line_errors
+def report(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="the HTML file to write")] = Path(
+        "report.html"
+    ),
+    run_id: Annotated[
+        list[str] | None,
+        typer.Option("--run", help="only the results computed in this run (id or unique prefix; repeatable)"),
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="only results with this model (name or glob)")
+    ] = None,
+    probe: Annotated[
+        list[str] | None, typer.Option("--probe", "-p", help="only results of this probe (name or glob)")
+    ] = None,
+    config: ConfigOpt = Path("audit.toml"),
+    catalog: CatalogOpt = None,
+    wait: WaitOpt = DEFAULT_WAIT_S,
+) -> None:
+    """Write one self-contained HTML report (figures embedded) from the catalog; nothing is recomputed."""
+    from rich.progress import SpinnerColumn
+
+    from audit.report import build_report, select_results
+
+    target = _writable(out_path)
+    cat = _open_catalog(_catalog_path(config, catalog), wait)
+    selection = select_results(cat, run_id or (), model or (), probe or ())
+    verdicts, note = _gate_verdicts(config, cat)
+    found = installed_probes()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("figures", total=len(selection.results))
+
+        def step(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, description=f"figures · {label}")
+
+        built = build_report(
+            cat,
+            selection,
+            verdicts=verdicts,
+            gates_note=note,
+            key_metrics={n: tuple(p.key_metrics) for n, p in found.items()},
+            descriptions={n: p.description for n, p in found.items()},
+            tool_version=audit.__version__,
+            on_progress=step,
+        )
+    for failure in built.failures:
+        err.print(f"[yellow]warning:[/] figure failed: {_one_line(failure)}", highlight=False, soft_wrap=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(built.html, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {target}: {e.strerror}") from None
+    size = len(built.html.encode("utf-8")) / 1024
+    err.print(
+        f"wrote {target} ({len(selection.results)} result(s), {built.figures} figure(s), {size:,.0f} KiB)",
+        highlight=False,
+    )
+
+
+@app.command()
+@one_line_errors
+def show(
+    result: Annotated[str, typer.Argument(help="a result id, or a unique prefix of one")],
+    config: ConfigOpt = Path("audit.toml"),
+    catalog: CatalogOpt = None,
+    wait: WaitOpt = DEFAULT_WAIT_S,
+) -> None:
+    """Show one stored result in the terminal: metrics, parameters, warnings and the probe's own views."""
+    from audit.show import show as show_result
+
+    cat = _open_catalog(_catalog_path(config, catalog), wait)
+    view = cat.result_views([cat.resolve_id("result", result)])[0]
+    probe_obj = installed_probes().get(view.probe)
+    failures = show_result(view, out, tuple(probe_obj.key_metrics) if probe_obj else ())
+    for failure in failures:
+        err.print(f"[yellow]warning:[/] view failed: {_one_line(failure)}", highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------ catalog export / import
+
+catalog_app = typer.Typer(
+    name="catalog",
+    help="Move catalog rows as Parquet: export for other tools or as a shard, import shards idempotently.",
+    no_args_is_help=True,
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("export")
+@one_line_errors
+def catalog_export(
+    directory: Annotated[
+        Path, typer.Argument(help="directory to write <table>.parquet and manifest.json into")
+    ],
+    run_id: Annotated[
+        list[str] | None,
+        typer.Option("--run", help="only this run's rows (id or unique prefix; repeatable)"),
+    ] = None,
+    config: ConfigOpt = Path("audit.toml"),
+    catalog: CatalogOpt = None,
+    wait: WaitOpt = DEFAULT_WAIT_S,
+) -> None:
+    """Write every catalog table as Parquet plus a manifest (a shard that `audit catalog import` merges)."""
+    from audit.exchange import export_catalog
+
+    cat = _open_catalog(_catalog_path(config, catalog), wait)
+    runs = [cat.resolve_id("run", r) for r in run_id] if run_id else None
+    counts = export_catalog(cat, directory, run_ids=runs)
+    table = Table(title=f"exported {cat.path} to {directory}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in counts.items():
+        table.add_row(name, f"{rows:,}")
+    out.print(table)
+
+
+@catalog_app.command("import")
+@one_line_errors
+def catalog_import(
+    directories: Annotated[list[Path], typer.Argument(help="export or shard directories (a glob of shards)")],
+    config: ConfigOpt = Path("audit.toml"),
+    catalog: CatalogOpt = None,
+    wait: WaitOpt = DEFAULT_WAIT_S,
+) -> None:
+    """Merge exports or shards into the catalog in one transaction; importing one twice adds nothing."""
+    from audit.exchange import import_catalogs
+
+    cat = _open_catalog(_catalog_path(config, catalog), wait)
+    report = import_catalogs(cat, directories)
+    n = len(report.sources)
+    table = Table(title=f"imported {n} director{'y' if n == 1 else 'ies'} into {cat.path}")
+    for col in ("table", "added", "skipped"):
+        table.add_column(col, justify="left" if col == "table" else "right")
+    for name in sorted(report.added):
+        table.add_row(name, f"{report.added[name]:,}", f"{report.skipped[name]:,}")
+    out.print(table)
+    if report.duplicate_jobs:
+        out.print(
+            f"{report.duplicate_jobs} successful result(s) skipped: the catalog already held a result of "
+            "the same job (cache key)"
+        )
 
 
 # ------------------------------------------------------------------ demo

@@ -126,6 +126,9 @@ class Config:
     probes: list[ProbeEntry]
     gates: list[GateSpec]
     text_hash: str
+    # the [executor] table as written: "name" and that executor's options (validated when a run starts,
+    # against the installed executor; see audit.executors)
+    executor: dict[str, Any] = field(default_factory=dict)
 
 
 class _Table:
@@ -413,7 +416,7 @@ def load_config(path: Path, probes: dict[str, Probe]) -> Config:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
     root = path.resolve().parent
     top = _Table(path, "", raw)
-    top.only({"catalog", "seed", "device", "models", "datasets", "probes", "gates"})
+    top.only({"catalog", "seed", "device", "models", "datasets", "probes", "gates", "executor"})
     models: dict[str, ModelSpec] = {}
     for n, d in _Table(path, "models", top.get("models", dict, {})).data.items():
         for spec in _model(path, root, n, d):
@@ -445,4 +448,5 @@ def load_config(path: Path, probes: dict[str, Probe]) -> Config:
         probes=entries,
         gates=gates,
         text_hash=hashlib.sha256(raw_bytes).hexdigest(),
+        executor=dict(_Table(path, "executor", top.get("executor", dict, {})).data),
     )

@@ -235,6 +235,16 @@ def _describe(v: Verdict) -> str:
     return text + f"; required {_threshold_text(v.gate)}"
 
 
+def _baseline_text(v: Verdict) -> str:
+    """For a baseline gate, what the observed value is: the model's value minus the baseline model's."""
+    if v.gate.baseline is None:
+        return ""
+    text = f" on value − {v.gate.baseline}'s"
+    if v.value is not None and v.baseline_value is not None:
+        text += f" ({_fmt(v.value)} − {_fmt(v.baseline_value)})"
+    return text
+
+
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.4g}"
 
@@ -260,7 +270,7 @@ def markdown(verdicts: list[Verdict]) -> str:
         mark = {"pass": "✅ pass", "fail": "❌ fail", "missing": "⚠️ missing"}[v.status]
         lines.append(
             f"| {mark} | `{v.gate.probe}.{v.gate.metric}` | {v.model or '—'} | {v.dataset or '—'} | "
-            f"{_fmt(v.observed)} | {_threshold_text(v.gate)} | {_cell(v.reason)} | "
+            f"{_fmt(v.observed)} | {_threshold_text(v.gate)}{_baseline_text(v)} | {_cell(v.reason)} | "
             f"{_cell(v.context_text) or '—'} |"
         )
     return "\n".join(lines) + "\n"

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from audit import hookspecs
 from audit.errors import UsageError
 from audit.probe import Probe
+
+if TYPE_CHECKING:
+    from audit.executors import Executor
 
 _errors: list[str] = []
 _origins: dict[str, str] = {}  # plugin name -> "distribution version"
@@ -83,3 +87,34 @@ def installed_probes() -> dict[str, Probe]:
 def probe_origins() -> dict[str, str]:
     """Probe name → the distribution that registered it (shown by `audit probes`)."""
     return {probe.name: origin for probe, origin in _registrations()}
+
+
+@lru_cache(maxsize=1)
+def installed_executors() -> dict[str, Executor]:
+    """Every executor by name: the built-in ``inline`` and ``local``, then those plugins register."""
+    from audit.executors import BUILTIN, Executor
+
+    found: dict[str, Executor] = {cls.name: cls() for cls in BUILTIN}
+    origin = {name: "model-audit" for name in found}
+    pm = plugin_manager()
+    for plugin in pm.get_plugins():
+        impl = getattr(plugin, "register_executors", None)
+        if impl is None:
+            continue
+        name = pm.get_name(plugin) or repr(plugin)
+        registered: list[Executor] = []
+        try:
+            impl(registered.append)
+        except Exception as e:
+            _errors.append(f"plugin {name!r} failed to register its executors: {type(e).__name__}: {e}")
+            continue
+        for executor in registered:
+            if not isinstance(executor, Executor):
+                raise UsageError(f"plugin {name!r} registered {executor!r}, which is not an audit executor")
+            if executor.name in found:
+                raise UsageError(
+                    f"executor name {executor.name!r} is registered twice (by {origin[executor.name]!r} and {name!r})"
+                )
+            found[executor.name] = executor
+            origin[executor.name] = name
+    return found

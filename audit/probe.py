@@ -94,9 +94,11 @@ class Needs:
 
     models: tuple[int, int | None] = (1, 1)
     datasets: tuple[int, int | None] = (1, 1)
+    # the share of a GPU one job asks a scheduler for on a CUDA run (Ray's num_gpus; 0: a CPU-only probe)
+    gpus: float = 1.0
 
     def describe(self) -> dict[str, Any]:
-        return {"models": list(self.models), "datasets": list(self.datasets)}
+        return {"models": list(self.models), "datasets": list(self.datasets), "gpus": self.gpus}
 
 
 @dataclass
@@ -141,6 +143,9 @@ class Probe:
     params: ClassVar[tuple[Param, ...]] = ()
     needs: ClassVar[Needs] = Needs()
     key_metrics: ClassVar[tuple[str, ...]] = ()  # the metrics summaries show first (empty: all of them)
+    # a parameter that bounds a job's memory without changing its result (e.g. a forward-pass batch size):
+    # on out-of-memory the job is retried with it halved (audit.worker). None: out-of-memory is an error.
+    oom_param: ClassVar[str | None] = None
 
     def check_job(self, n_models: int, n_datasets: int) -> str | None:
         """Return a message if this combination of models and datasets is not meaningful for the probe."""

@@ -16,12 +16,9 @@ import json
 import platform
 import socket
 import subprocess
-import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -29,9 +26,13 @@ import audit
 from audit import sources
 from audit.catalog import Catalog, CatalogOutputCache, StoredResult
 from audit.config import Config, ProbeEntry
-from audit.context import Context, DatasetHandle, ModelHandle, ProgressFactory, no_progress
-from audit.errors import ProbeInputError, UsageError
+from audit.context import Progress, no_progress
+from audit.errors import UsageError
 from audit.probe import Probe
+from audit.worker import JobReport, JobSpec, WorkerState
+
+if TYPE_CHECKING:
+    from audit.executors import Executor
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,40 @@ class RunSummary:
         return [o for o in self.outcomes if o.status == "error"]
 
 
+class RunDisplay(Protocol):
+    """What the CLI shows while a run goes: jobs starting, their progress bars, retries, outcomes."""
+
+    def job_started(self, job: Job, where: str) -> None: ...
+
+    def bar(self, job: Job, total: float, description: str) -> Progress: ...
+
+    def job_retrying(self, job: Job, reason: str, attempt: int) -> None: ...
+
+    def job_finished(self, outcome: JobOutcome) -> None: ...
+
+
+class _Quiet:
+    def job_started(self, job: Job, where: str) -> None:
+        pass
+
+    def bar(self, job: Job, total: float, description: str) -> Progress:
+        return no_progress(total, description)
+
+    def job_retrying(self, job: Job, reason: str, attempt: int) -> None:
+        pass
+
+    def job_finished(self, outcome: JobOutcome) -> None:
+        pass
+
+
 class Runner:
-    """Runs jobs for one configuration against one catalog; the only writer of that catalog."""
+    """Runs jobs for one configuration against one catalog; the only writer of that catalog.
+
+    The runner is the driver: it fingerprints inputs, skips jobs the catalog already holds, hands the rest to
+    an executor (:mod:`audit.executors`: in this process, a local process pool, a Ray cluster) and records
+    each report the moment it arrives — one transaction per job — so a run killed at any point keeps every
+    finished result and the next run resumes from there.
+    """
 
     def __init__(self, config: Config, catalog: Catalog, device: torch.device, force: bool = False):
         self.config = config
@@ -199,13 +232,14 @@ class Runner:
         # models' outputs per (model, dataset) fingerprints, shared by every job and run (Context.model_outputs);
         # --force recomputes each once in this run and replaces what the catalog held
         self.output_cache = CatalogOutputCache(catalog, refresh=force)
-        self._datasets: dict[str, sources.Dataset] = {}
+        # the driver's own worker state: the inline executor runs jobs with it, and the driver loads its
+        # datasets through it (for fingerprints), so an inline job reuses what fingerprinting loaded
+        self.inline_state = WorkerState("driver", None, output_cache=self.output_cache)
+        self.inline_state.adopt_config(config)
         self._model_fps: dict[str, str] = {}
 
     def dataset(self, name: str) -> sources.Dataset:
-        if name not in self._datasets:
-            self._datasets[name] = sources.load_dataset(self.config.datasets[name], self.config.root)
-        return self._datasets[name]
+        return self.inline_state.dataset(self.config, name)
 
     def model_fingerprint(self, name: str) -> str:
         if name not in self._model_fps:
@@ -223,85 +257,94 @@ class Runner:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
+    def spec(self, index: int, job: Job, key: str) -> JobSpec:
+        """The job as plain data for a worker (see :class:`audit.worker.JobSpec`)."""
+        seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}:{key}".encode()).digest()[:4], "little")
+        fingerprints = {f"model:{m}": self.model_fingerprint(m) for m in job.models}
+        fingerprints |= {f"dataset:{d}": self.dataset(d).fingerprint for d in job.datasets}
+        return JobSpec(
+            index=index,
+            label=job.label,
+            probe=job.probe.name,
+            models=job.models,
+            datasets=job.datasets,
+            params=dict(job.params),
+            cache_key=key,
+            seed=seed,
+            config_path=str(self.config.path),
+            fingerprints=fingerprints,
+            device=str(self.device),
+            gpus=job.probe.needs.gpus if self.device.type == "cuda" else 0.0,
+            catalog_path=str(self.catalog.path),
+            refresh_outputs=self.force,
+        )
+
     def run(
         self,
         jobs: list[Job],
         argv: list[str],
-        progress_factory: ProgressFactory = no_progress,
-        on_job_start: Callable[[Job, int], None] | None = None,
-        on_job_end: Callable[[JobOutcome], None] | None = None,
+        display: RunDisplay | None = None,
+        executor: Executor | None = None,
+        executor_options: dict[str, Any] | None = None,
     ) -> RunSummary:
+        """Run `jobs` on `executor` (default: in this process) and record every outcome as it arrives."""
+        from audit.executors import DriverInfo, InlineExecutor
+
+        display = display or _Quiet()
+        executor = executor or InlineExecutor()
+        options = executor.validate_options(executor_options or {})
+        self.inline_state.probes.update({job.probe.name: job.probe for job in jobs})
         keys = [self.cache_key(job) for job in jobs]  # fingerprints every input before anything runs
         run_id = self.catalog.start_run(self._run_meta(argv))
         self._record_sources(jobs)
-        outcomes: list[JobOutcome] = []
+        outcomes: dict[int, JobOutcome] = {}
         status = "interrupted"
         try:
+            specs = []
+            stored = {} if self.force else self.catalog.cached_results(keys)
             for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
-                if on_job_start:
-                    on_job_start(job, i)
-                outcome = self._run_job(run_id, job, key, progress_factory)
-                outcomes.append(outcome)
-                if on_job_end:
-                    on_job_end(outcome)
-            status = "failed" if any(o.status == "error" for o in outcomes) else "ok"
+                cached = stored.get(key)
+                if cached:
+                    outcomes[i] = JobOutcome(job, "reused", cached)
+                    display.job_finished(outcomes[i])
+                else:
+                    specs.append(self.spec(i, job, key))
+            events = _DriverEvents(self, run_id, jobs, outcomes, display)
+            executor.run(specs, events, options, DriverInfo(self.device, self.inline_state))
+            missing = [s.label for s in specs if s.index not in outcomes]
+            if missing:  # an executor broke its promise: say so rather than report a complete run
+                raise RuntimeError(f"executor {executor.name!r} returned no report for: {', '.join(missing)}")
+            status = "failed" if any(o.status == "error" for o in outcomes.values()) else "ok"
         finally:
-            count = {s: sum(o.status == s for o in outcomes) for s in ("ok", "reused", "error")}
+            done = list(outcomes.values())
+            count = {s: sum(o.status == s for o in done) for s in ("ok", "reused", "error")}
             with contextlib.suppress(Exception):  # never mask the original error; the run stays 'interrupted'
                 self.catalog.finish_run(run_id, status, count["ok"], count["reused"], count["error"])
-        return RunSummary(run_id, outcomes)
+        return RunSummary(run_id, [outcomes[i] for i in sorted(outcomes)])
 
-    def _run_job(self, run_id: str, job: Job, key: str, progress_factory: ProgressFactory) -> JobOutcome:
-        if not self.force:
-            cached = self.catalog.cached_result(key)
-            if cached:
-                return JobOutcome(job, "reused", cached)
-        seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}:{key}".encode()).digest()[:4], "little")
-        models = [ModelHandle(m, self.model_fingerprint(m), self._model_loader(m)) for m in job.models]
-        datasets = [self._dataset_handle(d) for d in job.datasets]
-        ctx = Context(models, datasets, self.device, seed, progress_factory, self.output_cache)
-        start = time.perf_counter()
-        error = None
-        result = None
-        try:
-            with single_threaded_blas():
-                result = job.probe.run(ctx, dict(job.params))
-        except UsageError:
-            raise  # an input error (e.g. weights that do not fit): stop the run, exit 2
-        except ProbeInputError as e:
-            error = f"{type(e).__name__}: {e}"
-        except Exception as e:  # a probe that raises records its error; the run goes on
-            error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-8)}"
-        duration = time.perf_counter() - start
+    def record(self, run_id: str, job: Job, spec: JobSpec, report: JobReport) -> JobOutcome:
+        """Write one report into the catalog (one transaction) and cache the outputs it computed."""
+        for model_fp, dataset_fp, kind, array in report.outputs:
+            self.output_cache.put(model_fp, dataset_fp, kind, array)
         stored = StoredResult(
             run_id=run_id,
-            cache_key=key,
+            cache_key=spec.cache_key,
             probe=job.probe.name,
             probe_version=job.probe.version,
             params=job.params,
-            models=[(m.name, m.fingerprint) for m in models],
-            datasets=[(d.name, d.fingerprint) for d in datasets],
-            status="ok" if error is None else "error",
-            error=error,
-            warnings=list(result.warnings) if result else [],
-            duration_s=duration,
-            device=str(self.device),
-            metrics=[(m.name, m.value, m.model, m.dataset) for m in result.metrics] if result else [],
-            arrays=dict(result.arrays) if result else {},
+            models=[(m, spec.fingerprints[f"model:{m}"]) for m in job.models],
+            datasets=[(d, spec.fingerprints[f"dataset:{d}"]) for d in job.datasets],
+            status="ok" if report.status == "ok" else "error",
+            error=report.error,
+            warnings=list(report.warnings),
+            duration_s=report.duration_s,
+            device=report.device,
+            metrics=list(report.metrics),
+            arrays=dict(report.arrays),
         )
         result_id, written = self.catalog.record_result(stored, force=self.force)
         status = stored.status if written else "reused"
-        return JobOutcome(job, status, result_id, duration, error, stored.warnings)
-
-    def _model_loader(self, name: str) -> Callable[[], torch.nn.Module]:
-        spec = self.config.models[name]
-        return lambda: sources.load_model(spec, self.config.root, self.device)
-
-    def _dataset_handle(self, name: str) -> DatasetHandle:
-        data = self.dataset(name)
-        return DatasetHandle(
-            name, data.fingerprint, data.n, data.task, data.targets is not None, data.batches
-        )
+        return JobOutcome(job, status, result_id, report.duration_s, report.error, stored.warnings)
 
     def _record_sources(self, jobs: list[Job]) -> None:
         model_names = sorted({m for j in jobs for m in j.models})
@@ -339,10 +382,47 @@ class Runner:
         }
 
 
+class _DriverEvents:
+    """The runner's side of :class:`audit.executors.JobEvents`: record each report as it arrives."""
+
+    def __init__(self, runner: Runner, run_id: str, jobs: list[Job], outcomes: dict[int, JobOutcome], display):
+        self.runner, self.run_id, self.jobs, self.outcomes, self.display = runner, run_id, jobs, outcomes, display
+        self.specs: dict[int, JobSpec] = {}
+
+    def started(self, spec: JobSpec, where: str) -> None:
+        self.specs[spec.index] = spec
+        self.display.job_started(self.jobs[spec.index], where)
+
+    def bar(self, spec: JobSpec, total: float, description: str) -> Progress:
+        return self.display.bar(self.jobs[spec.index], total, description)
+
+    def retrying(self, spec: JobSpec, reason: str, attempt: int) -> None:
+        self.display.job_retrying(self.jobs[spec.index], reason, attempt)
+
+    def finished(self, report: JobReport) -> None:
+        if report.status == "usage_error":  # an input error (e.g. weights that do not fit): stop, exit 2
+            raise UsageError(report.error or "usage error in a worker")
+        if report.index in self.outcomes:
+            return  # a duplicate report (an executor retried a job that had in fact finished): keep the first
+        job = self.jobs[report.index]
+        spec = self.specs.get(report.index) or self.runner.spec(report.index, job, self.runner.cache_key(job))
+        outcome = self.runner.record(self.run_id, job, spec, report)
+        self.outcomes[report.index] = outcome
+        self.display.job_finished(outcome)
+
+
 def _spec_json(spec: Any) -> dict[str, Any]:
     return {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(spec).items() if v not in (None, {}, [])
     }
 
 
-__all__ = ["Job", "JobOutcome", "RunSummary", "Runner", "plan", "resolve_device"]
+
+
+def partition_jobs(jobs: list[Job], keys: list[str], k: int, n: int) -> list[Job]:
+    """The K-th of N disjoint shares of the jobs (1-based), by cache key: stable when the config is reordered
+    or edited elsewhere, so N array tasks (one node each, separate catalogs) split the work exactly once."""
+    return [job for job, key in zip(jobs, keys, strict=True) if int(key[:12], 16) % n == k - 1]
+
+
+__all__ = ["Job", "JobOutcome", "RunSummary", "Runner", "partition_jobs", "plan", "resolve_device"]

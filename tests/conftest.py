@@ -56,3 +56,17 @@ def demo_project(demo_source: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "project"
     shutil.copytree(demo_source, dest, ignore=shutil.ignore_patterns(".audit", "__pycache__"))
     return dest
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(demo_source: Path, tmp_path_factory) -> Path:
+    """A copy of the demo project after `audit demo` (every installed probe run once), shared by the tests
+    that only read its catalog (reports, `audit show`): copy it before writing anything."""
+    import shutil
+
+    dest = tmp_path_factory.mktemp("demo-run") / "project"
+    shutil.copytree(demo_source, dest, ignore=shutil.ignore_patterns(".audit", "__pycache__"))
+    r = run_audit("demo", "--dir", str(dest), timeout=600)
+    assert r.returncode in (0, 1), r.stderr  # 1: a gate failed, which the reports must show too
+    assert (dest / ".audit" / "catalog.duckdb").exists(), r.stderr
+    return dest

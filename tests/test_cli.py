@@ -153,6 +153,6 @@ def test_probes_lists_parameters(tmp_path):
     params = {p["name"]: p for p in cka["params"]}
     assert params["batch_size"]["default"] == 256 and params["batch_size"]["min"] == 4
     assert params["estimator"]["choices"] == ["unbiased", "biased"]
-    assert cka["needs"] == {"models": [1, 2], "datasets": [1, 2]}
+    assert cka["needs"] == {"models": [1, 2], "datasets": [1, 2], "gpus": 1.0}
     table = run_audit("probes")
     assert table.returncode == 0 and "cka" in table.stdout and "batch_size" in table.stdout

@@ -539,7 +539,7 @@ TOP_ERRORS = [
     pytest.param(
         'colour = "red"\n',
         "colour",
-        ["unknown key (expected one of: catalog, datasets, device, gates, models, probes, seed)"],
+        ["unknown key (expected one of: catalog, datasets, device, executor, gates, models, probes, seed)"],
         id="unknown-top-key",
     ),
     pytest.param('seed = "zero"\n', "seed", ["expected an integer, got 'zero'"], id="seed-not-int"),

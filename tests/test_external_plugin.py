@@ -20,7 +20,7 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
     assert probes["output_mean"]["version"] == "0.3.0"
     assert probes["output_mean"]["plugin"] == "audit-output-mean 0.3.0"
     assert [p["name"] for p in probes["output_mean"]["params"]] == ["batch_size", "sleep", "fail_on"]
-    assert probes["output_mean"]["needs"] == {"models": [1, 1], "datasets": [1, 1]}
+    assert probes["output_mean"]["needs"] == {"models": [1, 1], "datasets": [1, 1], "gpus": 1.0}
 
     # named on the command line, not configured: runs on every model × dataset the flags name (2 × 3)
     ran = run_audit(

@@ -210,3 +210,8 @@ def test_markdown_and_junit_carry_the_context(ens):
     assert cases[0].find("system-out").text == "context: accuracy 0.962 · churn_mean 0.031 · ece 0.018"
     assert cases[1].find("failure") is not None and cases[1].find("system-out").text.endswith("0.91")
     assert cases[2].find("system-out") is None
+
+
+def test_markdown_of_a_baseline_gate_says_what_the_observed_value_is(cat):
+    md = gates.markdown(gates.evaluate([gate(min=-0.05, baseline="base", dataset="id")], cat))
+    assert "| ❌ fail | `cka.acc` | b | id | -0.1 | >= -0.05 on value − base's (0.8 − 0.9) |" in md

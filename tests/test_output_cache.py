@@ -18,10 +18,12 @@ from audit import sources
 from audit.catalog import Catalog, CatalogOutputCache, StoredResult
 from audit.config import load_config
 from audit.context import OUTPUTS_KIND, Context, DatasetHandle, ModelHandle
+from audit.executors import Executor
 from audit.migrations import MIGRATIONS
 from audit.plugins import installed_probes
 from audit.probe import Needs, Param, Probe, ProbeResult
 from audit.runner import Runner, plan
+from audit.worker import WorkerState, execute
 
 CPU = torch.device("cpu")
 VERSION = next(i for i, (name, _) in enumerate(MIGRATIONS, start=1) if name == "model outputs cache")
@@ -315,10 +317,10 @@ def write_config(root, entries: list[list[str]]):
     return config, plan(config, probes)
 
 
-def run_jobs(root, entries, force=False):
+def run_jobs(root, entries, force=False, executor=None):
     config, jobs = write_config(root, entries)
     runner = Runner(config, Catalog(root / "c.duckdb"), CPU, force=force)
-    summary = runner.run(jobs, ["audit", "run"])
+    summary = runner.run(jobs, ["audit", "run"], executor=executor)
     assert [o.status for o in summary.outcomes] == ["ok"] * len(jobs), [o.error for o in summary.outcomes]
     by_result: list[dict] = []
     for o in summary.outcomes:
@@ -361,3 +363,39 @@ def test_a_job_with_one_more_model_reuses_the_others_outputs(project, monkeypatc
     assert forced[1]["output_sum", "cand"] == second["output_sum", "cand"]
     _, rows = Catalog(project / "c.duckdb").query("select count(*) from model_outputs")
     assert rows == [(3,)]
+
+
+class SeparateWorker(Executor):
+    """Runs each job with a worker state of its own, as a worker process would: outputs are read from the
+    catalog read-only and new ones travel back in the report for the driver to store."""
+
+    name = "separate"
+    description = "a worker without the driver's catalog cache (in process, for tests)"
+
+    def run(self, specs, events, options, driver):
+        state = WorkerState("separate")
+        state.probes = driver.inline_state.probes  # the test's probe is not installed: hand it over,
+        state._configs = dict(driver.inline_state._configs)  # with the config that names it
+        for spec in specs:
+            events.started(spec, state.name)
+            events.finished(execute(spec, state))
+
+
+def test_a_worker_reads_cached_outputs_and_sends_new_ones_to_the_driver(project, monkeypatch):
+    loads: list[str] = []
+    real_load = sources.load_model
+    monkeypatch.setattr(
+        sources,
+        "load_model",
+        lambda spec, root, device: loads.append(spec.name) or real_load(spec, root, device),
+    )
+
+    (first,) = run_jobs(project, [["ref_a", "ref_b"]], executor=SeparateWorker())
+    assert (first["hits", None], first["misses", None]) == (0, 2)
+    _, rows = Catalog(project / "c.duckdb").query("select count(*) from model_outputs")
+    assert rows == [(2,)]  # stored by the driver from the report
+    loads.clear()
+    (second,) = run_jobs(project, [["ref_a", "ref_b", "cand"]], executor=SeparateWorker())
+    assert loads == ["cand"] and (second["hits", None], second["misses", None]) == (2, 1)
+    for m in ("ref_a", "ref_b"):
+        assert second["output_sum", m] == first["output_sum", m]

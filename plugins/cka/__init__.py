@@ -8,3 +8,21 @@ def register_probes(register):
     from model_audit_probes.cka.probe import CKAProbe
 
     register(CKAProbe())
+
+
+@hookimpl
+def render_figures(result):
+    if result.probe != "cka":
+        return None
+    from model_audit_probes.cka.figures import render
+
+    return render(result)
+
+
+@hookimpl
+def render_terminal(result):
+    if result.probe != "cka":
+        return None
+    from model_audit_probes.cka.figures import terminal
+
+    return terminal(result)

@@ -52,6 +52,7 @@ class EmbeddingProbe(Probe):
         Param("batch_size", int, 256, "examples per forward pass", min=1),
     )
     needs = Needs(models=(0, 1), datasets=(2, None))
+    oom_param = "batch_size"  # forward-pass batches: memory only, the outputs are the same
     key_metrics = (
         "lda_cv_accuracy",
         "lda_p_value",

@@ -84,6 +84,7 @@ class EmulatorProbe(Probe):
         Param("batch_size", int, 1024, "examples per forward pass", min=1),
     )
     needs = Needs(models=(1, None), datasets=(2, None))
+    oom_param = "batch_size"  # forward-pass batches: memory only, the outputs are the same
     key_metrics = (
         "chi2_mean",
         "calibration_p_value",

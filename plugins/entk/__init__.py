@@ -15,3 +15,12 @@ def register_commands(app):
     from model_audit_probes.entk.commands import register
 
     register(app)
+
+
+@hookimpl
+def render_figures(result):
+    if result.probe != "entk":
+        return None
+    from model_audit_probes.entk.figures import render
+
+    return render(result)

@@ -8,3 +8,12 @@ def register_probes(register):
     from model_audit_probes.trimmed_ks.probe import TrimmedKSProbe
 
     register(TrimmedKSProbe())
+
+
+@hookimpl
+def render_figures(result):
+    if result.probe != "trimmed_ks":
+        return None
+    from model_audit_probes.trimmed_ks.figures import render
+
+    return render(result)

@@ -60,6 +60,7 @@ class TrimmedKSProbe(Probe):
         Param("batch_size", int, 512, "examples per forward pass", min=1),
     )
     needs = Needs(models=(2, None), datasets=(1, 1))
+    oom_param = "batch_size"  # forward-pass batches: memory only, the outputs are the same
     key_metrics = ("alpha_hat", "d_alpha_limit", "accuracy", "churn_mean", "churn_ensemble", "ece")
 
     def demo_entries(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
