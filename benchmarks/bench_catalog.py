@@ -25,7 +25,7 @@ Why it measures what it measures:
 * BLAS/OpenMP threads are pinned to 1 (nothing here uses them); DuckDB runs with its default thread count,
   which is printed, as is the load average before and after (the machine may be shared).
 
-Run: python benchmarks/bench_catalog.py   (about 6 minutes on 2 cores; --help for the options)
+Run: python benchmarks/bench_catalog.py   (7–10 minutes on 2 cores, most of it the 10 000 writes; --help)
 """
 
 from __future__ import annotations
