@@ -210,7 +210,19 @@ def test_partitions_split_the_jobs_exactly_once(tmp_path, chaos_env):
         assert ran.returncode == 0, ran.stderr
         got = Catalog(catalog).query("select value from metric_values where metric = 'k'")[1]
         seen += [int(r[0]) for r in got]
+        exported = run_audit("catalog", "export", str(tmp_path / f"shard{k}"), "--catalog", str(catalog))
+        assert exported.returncode == 0, exported.stderr
     assert sorted(seen) == list(range(30))
+    # separate storage: each node exported its catalog; the shards merge into one, idempotently
+    merged = tmp_path / "merged.duckdb"
+    shards = [str(tmp_path / f"shard{k}") for k in (1, 2, 3)]
+    for _ in range(2):  # importing the same shards twice changes nothing
+        imported = run_audit("catalog", "import", *shards, "--catalog", str(merged))
+        assert imported.returncode == 0, imported.stderr
+        counts = Catalog(merged).query(
+            "select count(*), count(distinct cache_key), count(distinct run_id) from results"
+        )[1]
+        assert counts == [(30, 30, 3)]
 
 
 def test_audit_executors_lists_the_builtins_and_their_options():
