@@ -147,7 +147,9 @@ def probes(
         table.add_column(col, overflow="fold")
     for name, p in found.items():
         needs = p.needs.describe()
-        need_text = "\n".join(f"{k}: {_range(v)}" for k, v in needs.items())
+        need_text = "\n".join(f"{k}: {_range(needs[k])}" for k in ("models", "datasets"))
+        if needs.get("gpus") != 1.0:
+            need_text += f"\ngpus: {needs['gpus']:g}"
         params = "\n".join(f"{q.name} ({q.type.__name__}) = {q.default!r}" for q in p.params) or "—"
         table.add_row(
             f"[bold]{name}[/]\n[dim]{origins[name]}[/]", p.version, need_text, params, p.description
@@ -393,7 +395,10 @@ def render_rows(columns: list[str], rows: list[tuple[Any, ...]], format: OutputF
     for c in columns:
         table.add_column(c, overflow="fold")
     for r in rows:
-        table.add_row(*[("" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)) for v in r])
+        # values are data, not markup: a metric named "w[hidden.weight].spikes" must print as it is
+        table.add_row(
+            *[("" if v is None else f"{v:.6g}" if isinstance(v, float) else rich.markup.escape(str(v))) for v in r]
+        )
     return table
 
 

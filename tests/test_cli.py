@@ -156,3 +156,13 @@ def test_probes_lists_parameters(tmp_path):
     assert cka["needs"] == {"models": [1, 2], "datasets": [1, 2], "gpus": 1.0}
     table = run_audit("probes")
     assert table.returncode == 0 and "cka" in table.stdout and "batch_size" in table.stdout
+
+
+def test_query_table_prints_brackets_in_values_literally(tmp_path):
+    from audit.catalog import Catalog
+
+    catalog = tmp_path / "c.duckdb"
+    Catalog(catalog).start_run({})  # creates the schema
+    r = run_audit("query", "select 'w[hidden.weight].spikes' as m, '[bold]x' as n", "--catalog", str(catalog))
+    assert r.returncode == 0, r.stderr
+    assert "w[hidden.weight].spikes" in r.stdout and "[bold]x" in r.stdout
