@@ -117,7 +117,7 @@ class LocalExecutor(Executor):
     description = "a pool of worker processes on this machine: one per GPU, or a CPU pool"
     options = (
         Param("workers", int, 0, "worker processes (0: one per visible GPU, else the CPU count)", min=0),
-        Param("threads", int, 0, "torch threads per CPU worker (0: the CPU count / workers)", min=0),
+        Param("threads", int, 0, "torch threads per CPU worker (0: the driver's torch threads / workers)", min=0),
         Param("max_retries", int, 2, "times a job is retried after its worker died", min=0),
     )
 
@@ -134,7 +134,9 @@ class LocalExecutor(Executor):
             devices = ["cpu"] * max(1, min(n, len(specs)))
         if options["workers"] and gpus:
             devices = (devices * options["workers"])[: options["workers"]]
-        threads = options["threads"] or max(1, (os.cpu_count() or 1) // len(devices))
+        # the driver's torch thread count already honours OMP_NUM_THREADS (a pinned CI, a shared node): the
+        # workers split it, never exceed it — oversubscribed OpenMP pools busy-wait (a 30 s job took > 300 s)
+        threads = options["threads"] or max(1, torch.get_num_threads() // len(devices))
         _Pool(devices, threads, options["max_retries"], events).run(specs)
 
 
