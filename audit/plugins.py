@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -46,36 +46,45 @@ def plugin_errors() -> list[str]:
     return list(_errors)
 
 
+def _collect(hook: str, what: str, kind: type, kind_label: str, seen: dict[str, str]) -> list[tuple[Any, str]]:
+    """Call every plugin's `hook` on its own and return the (object, origin) pairs it registered.
+
+    One plugin's failure is recorded and skipped; an object of the wrong type, or a name already in `seen`
+    (name → origin), is an error naming both plugins. Shared by probes and executors.
+    """
+    pm = plugin_manager()
+    out = []
+    for plugin in pm.get_plugins():
+        impl = getattr(plugin, hook, None)
+        if impl is None:
+            continue
+        name = pm.get_name(plugin) or repr(plugin)
+        origin = _origins.get(name, name)
+        registered: list[Any] = []
+        try:
+            impl(registered.append)
+        except Exception as e:
+            _errors.append(f"plugin {name!r} failed to register its {what}s: {type(e).__name__}: {e}")
+            continue
+        for obj in registered:
+            if not isinstance(obj, kind):
+                raise UsageError(f"plugin {origin!r} registered {obj!r}, which is not {kind_label}")
+            if obj.name in seen:
+                raise UsageError(
+                    f"{what} name {obj.name!r} is registered twice (by {seen[obj.name]!r} and {origin!r})"
+                )
+            seen[obj.name] = origin
+            out.append((obj, origin))
+    return out
+
+
 @lru_cache(maxsize=1)
 def _registrations() -> tuple[tuple[Probe, str], ...]:
     """Every (probe, origin) pair, origin being the distribution (or plugin name) that registered it.
 
     Each plugin's hook is called on its own so that a name clash can name both plugins.
     """
-    pm = plugin_manager()
-    seen: dict[str, str] = {}
-    out = []
-    for plugin in pm.get_plugins():
-        impl = getattr(plugin, "register_probes", None)
-        if impl is None:
-            continue
-        name = pm.get_name(plugin) or repr(plugin)
-        origin = _origins.get(name, name)
-        registered: list[Probe] = []
-        try:
-            impl(registered.append)
-        except Exception as e:
-            _errors.append(f"plugin {name!r} failed to register its probes: {type(e).__name__}: {e}")
-            continue
-        for probe in registered:
-            if not isinstance(probe, Probe):
-                raise UsageError(f"plugin {origin!r} registered {probe!r}, which is not an audit.Probe")
-            if probe.name in seen:
-                raise UsageError(
-                    f"probe name {probe.name!r} is registered twice (by {seen[probe.name]!r} and {origin!r})"
-                )
-            seen[probe.name] = origin
-            out.append((probe, origin))
+    out = _collect("register_probes", "probe", Probe, "an audit.Probe", {})
     return tuple(sorted(out, key=lambda pair: pair[0].name))
 
 
@@ -95,26 +104,7 @@ def installed_executors() -> dict[str, Executor]:
     from audit.executors import BUILTIN, Executor
 
     found: dict[str, Executor] = {cls.name: cls() for cls in BUILTIN}
-    origin = {name: "model-audit" for name in found}
-    pm = plugin_manager()
-    for plugin in pm.get_plugins():
-        impl = getattr(plugin, "register_executors", None)
-        if impl is None:
-            continue
-        name = pm.get_name(plugin) or repr(plugin)
-        registered: list[Executor] = []
-        try:
-            impl(registered.append)
-        except Exception as e:
-            _errors.append(f"plugin {name!r} failed to register its executors: {type(e).__name__}: {e}")
-            continue
-        for executor in registered:
-            if not isinstance(executor, Executor):
-                raise UsageError(f"plugin {name!r} registered {executor!r}, which is not an audit executor")
-            if executor.name in found:
-                raise UsageError(
-                    f"executor name {executor.name!r} is registered twice (by {origin[executor.name]!r} and {name!r})"
-                )
-            found[executor.name] = executor
-            origin[executor.name] = name
+    seen = {name: "model-audit" for name in found}
+    for executor, _ in _collect("register_executors", "executor", Executor, "an audit executor", seen):
+        found[executor.name] = executor
     return found

@@ -70,3 +70,27 @@ def demo_catalog(demo_source: Path, tmp_path_factory) -> Path:
     assert r.returncode in (0, 1), r.stderr  # 1: a gate failed, which the reports must show too
     assert (dest / ".audit" / "catalog.duckdb").exists(), r.stderr
     return dest
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+_GENERATED = ("data", "models", ".audit", "*.html", "__pycache__")
+
+
+def run_example_quick(name: str, tmp_path: Path) -> Path:
+    """A private copy of examples/<name> after `python make_data.py --quick && audit run` (the reduced version)."""
+    import shutil
+
+    dest = tmp_path / name
+    shutil.copytree(EXAMPLES / name, dest, ignore=shutil.ignore_patterns(*_GENERATED))
+    made = subprocess.run(
+        [sys.executable, "make_data.py", "--quick"],
+        cwd=dest,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    ran = run_audit("run", cwd=dest)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return dest

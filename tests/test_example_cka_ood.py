@@ -10,32 +10,15 @@ down). Margins measured on the quick runs of seeds 0–4 are noted at each asser
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import SUBPROCESS_ENV, run_audit
+from conftest import run_audit, run_example_quick
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "01_cka_ood"
-GENERATED = ("data", "models", ".audit", "*.html", "__pycache__")
 
 
 def _quick_run(tmp_path: Path) -> Path:
-    dest = tmp_path / EXAMPLE.name
-    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns(*GENERATED))
-    made = subprocess.run(
-        [sys.executable, "make_data.py", "--quick"],
-        cwd=dest,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    ran = run_audit("run", cwd=dest)
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    return dest
+    return run_example_quick(EXAMPLE.name, tmp_path)
 
 
 def _cka_metrics(dest: Path) -> dict[tuple[str, str, str], float]:

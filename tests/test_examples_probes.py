@@ -10,35 +10,18 @@ margin (the margins measured on the quick runs are noted at each assertion).
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import SUBPROCESS_ENV, run_audit
+from conftest import run_audit, run_example_quick
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-GENERATED = ("data", "models", ".audit", "*.html", "__pycache__")
 
 
 def _run_example(name: str, tmp_path: Path) -> Path:
     """A private copy of one example after `python make_data.py --quick && audit run`."""
-    dest = tmp_path / name
-    shutil.copytree(EXAMPLES / name, dest, ignore=shutil.ignore_patterns(*GENERATED))
-    made = subprocess.run(
-        [sys.executable, "make_data.py", "--quick"],
-        cwd=dest,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    ran = run_audit("run", cwd=dest)
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    return dest
+    return run_example_quick(name, tmp_path)
 
 
 def _metrics(dest: Path, where: str) -> dict[tuple[str, str, str], float]:
