@@ -89,6 +89,7 @@ class Context:
     output_cache_hits: int = field(default=0, init=False)  # model_outputs calls served from the cache
     output_cache_misses: int = field(default=0, init=False)  # model_outputs calls that ran the model
     _targets: dict[str, np.ndarray | None] = field(default_factory=dict, init=False, repr=False)
+    _surveys: dict[tuple[str, str], capture.Survey] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -101,14 +102,37 @@ class Context:
         """A progress reporter for `total` steps of long work (shown as a bar by the CLI)."""
         return self.progress_factory(total, description)
 
+    def survey(self, model: ModelHandle, dataset: DatasetHandle | None = None) -> capture.Survey:
+        """Which modules a forward pass of `model` on the first examples of `dataset` (default: the job's
+        first) calls, how often, and where each output's batch axis is (computed once per pair)."""
+        dataset = dataset or (self.datasets[0] if self.datasets else None)
+        if dataset is None:
+            raise ProbeInputError("finding a model's layers needs a dataset to run it on")
+        key = (model.name, dataset.fingerprint)
+        if key not in self._surveys:
+            first = next(iter(dataset.batches(capture.SURVEY_EXAMPLES, self.device)))[0]
+            self._surveys[key] = capture.survey(model.load(), first)
+        return self._surveys[key]
+
     def activations(
         self, model: ModelHandle, dataset: DatasetHandle, layers: list[str], batch_size: int
     ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]]:
-        """Stream (activations of `layers`, output, targets) batch by batch on the job's device."""
-        return capture.stream_activations(model.load(), dataset.batches(batch_size, self.device), layers)
+        """Stream (activations of `layers`, output, targets) batch by batch on the job's device.
 
-    def resolve_layers(self, model: ModelHandle, patterns: list[str] | None) -> list[str]:
-        return capture.resolve_layers(model.load(), patterns)
+        Activations are batch-first and are the values each layer produced, whatever the model wrote in
+        place afterwards (see :mod:`audit.capture`).
+        """
+        axes = self.survey(model, dataset).axes(layers)
+        return capture.stream_activations(
+            model.load(), dataset.batches(batch_size, self.device), layers, axes
+        )
+
+    def resolve_layers(
+        self, model: ModelHandle, patterns: list[str] | None, dataset: DatasetHandle | None = None
+    ) -> list[str]:
+        """Layer names for `patterns` (empty: the default layers), checked against a forward pass of the
+        model on `dataset` (default: the job's first): see :meth:`audit.capture.Survey.resolve`."""
+        return self.survey(model, dataset).resolve(patterns)
 
     def model_outputs(
         self, model: ModelHandle, dataset: DatasetHandle, batch_size: int = 512

@@ -35,6 +35,18 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+def _checked_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(XcXcᵀ, constant) for features x in their own dtype, Xc = x column-centred; `constant` (a 0-d bool
+    tensor, on the device) says the centred energy is at the dtype's rounding level of the raw energy."""
+    mean = x.mean(dim=0, keepdim=True)
+    centred = x - mean
+    k = centred @ centred.T
+    spread = k.diagonal().sum()
+    level = spread + x.shape[0] * (mean * mean).sum()
+    resolution = (16 * torch.finfo(x.dtype).eps) ** 2
+    return k, ~(spread > resolution * level)
+
+
 def gram(features: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Linear Gram XXᵀ of one batch, in `dtype`, of the features column-centred first.
 
@@ -42,15 +54,17 @@ def gram(features: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
     Σ‖x_i‖² is constant: its Gram is set to exactly zero. Otherwise the rounding residue of the centring
     would pass for signal and give a dead layer a self-HSIC of ±1e-16 (a sign decided by rounding)
     instead of 0. Checked per layer from the Gram's trace, so it costs no pass over the features.
+
+    A layer that only looks constant at `dtype` (a small spread around a large mean, below float32's
+    resolution) is recomputed in float64 and is constant only if float64 cannot resolve it either: the
+    result is then the float64 Gram, not a NaN for a layer that does vary.
     """
-    x = _flatten(features).to(dtype)
-    mean = x.mean(dim=0, keepdim=True)
-    centred = x - mean
-    k = centred @ centred.T
-    spread = k.diagonal().sum()
-    level = spread + x.shape[0] * (mean * mean).sum()
-    resolution = (16 * torch.finfo(dtype).eps) ** 2
-    return k.mul_((spread > resolution * level).to(k.dtype))
+    flat = _flatten(features)
+    k, constant = _checked_gram(flat.to(dtype))
+    if dtype != torch.float64 and bool(constant):
+        k64, constant64 = _checked_gram(flat.to(torch.float64))
+        return k64.mul_((~constant64).to(k64.dtype))
+    return k.mul_((~constant).to(k.dtype))
 
 
 def _centre_(k: torch.Tensor, estimator: str) -> torch.Tensor:

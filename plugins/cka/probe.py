@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from audit import Needs, Param, Probe, ProbeResult
+from audit.capture import SEQUENCE_RULES, features
 from audit.errors import ProbeInputError
 from model_audit_probes.cka.hsic import ESTIMATORS, MinibatchCKA
 from model_audit_probes.cka.summary import TaskScore, cross_summary, spectrum, summarise
@@ -17,7 +18,7 @@ GRAM_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 class CKAProbe(Probe):
     name = "cka"
-    version = "1.0.0"
+    version = "1.1.0"
     description = (
         "Layer×layer linear CKA with the unbiased minibatch HSIC (Nguyen, Raghu & Kornblith 2021): one model "
         "on one dataset, one model on in-distribution then out-of-distribution data (both matrices and their "
@@ -28,7 +29,16 @@ class CKAProbe(Probe):
             "layers",
             list,
             [],
-            "module names or globs; empty = every leaf module with parameters, plus 'output'",
+            "module names or globs; empty = every module with parameters that the forward pass calls, "
+            "plus 'output'",
+        ),
+        Param(
+            "sequence",
+            str,
+            "flatten",
+            "how a (batch, tokens, d) activation becomes one row per example: flatten (tokens·d), mean over "
+            "tokens, first or last token; conv maps are always flattened",
+            choices=SEQUENCE_RULES,
         ),
         Param("batch_size", int, 256, "examples per minibatch (the HSIC estimate's batch)", min=4),
         Param(
@@ -121,7 +131,7 @@ class CKAProbe(Probe):
 
     def _single(self, ctx, params, result: ProbeResult, progress) -> None:
         model = ctx.models[0]
-        layers = ctx.resolve_layers(model, params["layers"])
+        layers = ctx.resolve_layers(model, params["layers"], ctx.datasets[0])
         result.array("layers", np.array(layers, dtype=object))
         summaries = []
         for d in ctx.datasets:
@@ -157,8 +167,8 @@ class CKAProbe(Probe):
 
     def _cross(self, ctx, params, result: ProbeResult, progress) -> None:
         (a, b), d = ctx.models, ctx.datasets[0]
-        layers_a = ctx.resolve_layers(a, params["layers"])
-        layers_b = ctx.resolve_layers(b, params["layers"])
+        layers_a = ctx.resolve_layers(a, params["layers"], d)
+        layers_b = ctx.resolve_layers(b, params["layers"], d)
         acc, scores = self._accumulate(ctx, params, a, b, d, layers_a, layers_b, progress)
         bad = self._flag(result, layers_a, acc.self_a, f"{d.name} ({a.name})")
         bad += self._flag(result, layers_b, acc.self_b, f"{d.name} ({b.name})")
@@ -189,10 +199,13 @@ class CKAProbe(Probe):
         stream_a = ctx.activations(a, d, layers_a, params["batch_size"])
         stream_b = ctx.activations(b, d, layers_b, params["batch_size"]) if b is not None else None
         min_batch = 4 if params["estimator"] == "unbiased" else 2
+        rule = params["sequence"]
         for acts_a, out_a, y in stream_a:
+            acts_a = [features(t, rule) for t in acts_a]
             acts_b, out_b = (None, None)
             if stream_b is not None:
                 acts_b, out_b, _ = next(stream_b)
+                acts_b = [features(t, rule) for t in acts_b]
             if scores is not None and y is not None:
                 scores[0].update(out_a, y)
                 if out_b is not None:
