@@ -14,8 +14,8 @@ Three things real architectures do that this module is built around:
   copied, so that batch needs no second forward). A layer without an in-place successor costs nothing.
 * **Which modules run.** The default layers are found from one real batch (:func:`survey`): the modules
   that own parameters *and that the forward pass calls* (``MultiheadAttention.out_proj`` never is: the
-  attention reads its weight directly), whose output has a batch axis and differs between examples
-  (a position embedding does not).
+  attention reads its weight directly), once, with an output that has a batch axis (a position embedding
+  looked up as (1, tokens) has none; one looked up with the same ids for every example is left out too).
 * **Where the batch axis is.** ``nn.LSTM``/``nn.GRU`` and ``nn.TransformerEncoder`` without ``batch_first``
   produce (tokens, batch, d). The survey runs two forwards of different batch sizes and records, per layer,
   the axis that follows the batch; activations are handed out batch-first.
@@ -137,7 +137,9 @@ class LayerInfo:
     calls: int  # times the module ran per forward pass
     batch_axis: int | None  # axis of its output that follows the batch (None: none does, or no tensor)
     shape: tuple[int, ...] | None  # output shape on the survey batch
-    varies: bool  # the output differs between examples of the survey batch
+    # an embedding looked up with the same indices for every example (position or segment ids from a
+    # buffer): its output cannot depend on the example, so it is no default layer
+    fixed_lookup: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,14 +151,16 @@ class Survey:
     owns_parameters: frozenset[str]
 
     def default_layers(self) -> list[str]:
-        """Modules that own parameters, ran exactly once, and whose output has a batch axis and varies
-        between examples — in registration order — plus ``output``."""
+        """Modules that own parameters, ran exactly once, and whose output has a batch axis — in registration
+        order — plus ``output``; embeddings looked up with indices that are the same for every example
+        (position ids) are left out. A layer that is constant because it is dead stays in: CKA flags it."""
         out = []
         for name in self.modules:
             info = self.layers.get(name)
-            if name in self.owns_parameters and info and info.calls == 1 and info.batch_axis is not None:
-                if info.varies:
-                    out.append(name)
+            if name not in self.owns_parameters or info is None or info.fixed_lookup:
+                continue
+            if info.calls == 1 and info.batch_axis is not None:
+                out.append(name)
         return [*out, OUTPUT]
 
     def check(self, name: str) -> str | None:
@@ -226,11 +230,11 @@ def _batch_axis(big: tuple[int, ...] | None, small: tuple[int, ...] | None, b: i
     return None
 
 
-def _varies(t: torch.Tensor, axis: int | None) -> bool:
-    if axis is None or t.shape[axis] < 2:
+def _same_for_every_example(t: torch.Tensor, batch: int) -> bool:
+    """An index tensor whose rows are all equal (or that has no batch axis at all)."""
+    if t.dim() == 0 or t.shape[0] != batch:
         return True
-    moved = t.movedim(axis, 0)
-    return bool((moved != moved[:1]).any())
+    return batch > 1 and bool((t == t[:1]).all())
 
 
 def survey(model: torch.nn.Module, x: torch.Tensor) -> Survey:
@@ -241,20 +245,22 @@ def survey(model: torch.nn.Module, x: torch.Tensor) -> Survey:
     modules = [(name, m) for name, m in model.named_modules() if name]
     shapes: dict[str, list[tuple[int, ...] | None]] = {}
     calls: dict[str, int] = {}
-    varies: dict[str, torch.Tensor | None] = {}
+    fixed: set[str] = set()
     record = {"on": True}
 
-    def make(name: str):
-        def hook(_m, _i, out):
+    def make(name: str, lookup: bool):
+        def hook(_m, inputs, out):
             t = _first_tensor(out)
             shapes.setdefault(name, []).append(None if t is None else tuple(t.shape))
             if record["on"]:
                 calls[name] = calls.get(name, 0) + 1
-                varies[name] = None if t is None else t.detach().clone()
+                index = inputs[0] if lookup and inputs else None
+                if isinstance(index, torch.Tensor) and _same_for_every_example(index, b):
+                    fixed.add(name)
 
         return hook
 
-    handles = [m.register_forward_hook(make(name)) for name, m in modules]
+    handles = [m.register_forward_hook(make(name, isinstance(m, torch.nn.Embedding))) for name, m in modules]
     try:
         with torch.no_grad():
             model(x)
@@ -270,8 +276,7 @@ def survey(model: torch.nn.Module, x: torch.Tensor) -> Survey:
         big = seen[n_calls - 1]
         small = seen[n_calls] if len(seen) > n_calls else None
         axis = _batch_axis(big, small, b) if b >= 2 else (0 if big else None)
-        t = varies[name]
-        layers[name] = LayerInfo(n_calls, axis, big, t is not None and _varies(t, axis))
+        layers[name] = LayerInfo(n_calls, axis, big, name in fixed)
     owners = frozenset(name for name, m in modules if any(True for _ in m.parameters(recurse=False)))
     return Survey(tuple(name for name, _ in modules), layers, owners)
 
@@ -343,12 +348,12 @@ class Capture:
 
     def __enter__(self) -> Capture:
         modules = dict(self.model.named_modules())
+        unknown = [n for n in self.layers if n != OUTPUT and n not in modules]
+        if unknown:
+            raise ProbeInputError(f"the model has no module named {unknown[0]!r}")
         for name in self.layers:
-            if name == OUTPUT:
-                continue
-            if name not in modules:
-                raise ProbeInputError(f"the model has no module named {name!r}")
-            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+            if name != OUTPUT:
+                self._handles.append(modules[name].register_forward_hook(self._hook(name)))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,12 @@ Layout of the file (all paths relative to the file's folder)::
     device = "auto"                     # optional: auto | cpu | cuda | cuda:N
 
     [models.NAME]       factory = "module:function", kwargs = {...}, weights = "x.safetensors" | "x.pt"
+                        or torchvision = "resnet18" / timm = "resnet18" (kwargs, optional weights)
+                        or huggingface = "dir" (save_pretrained: config.json + model.safetensors),
+                           class = "ViTForImageClassification" (optional), kwargs → from_pretrained
                         or torchscript = "x.ts"  or  pickle = "x.pt" with trust = true
+                        output = "auto" | "logits" | "hidden_states.-1" | 0: what the probes see of a
+                        structured forward result (any kind but torchscript)
                         weights/torchscript/pickle may be a glob ("ckpt/seed_*.safetensors"): a family,
                         one model per matching file in sorted order, named "NAME/<file stem>"
     [datasets.NAME]     path = "x.npz" | "x.npy" | "x.pt" | "x.parquet"  or  factory = "module:function"
@@ -25,6 +30,8 @@ from __future__ import annotations
 import fnmatch
 import glob
 import hashlib
+import importlib.util
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +44,23 @@ DEFAULT_CATALOG = ".audit/catalog.duckdb"
 DATASET_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".parquet")
 TASKS = ("classification", "regression")
 MODEL_FILE_KEYS = ("weights", "torchscript", "pickle")
+# model kinds a library builds: key -> (the module imported, the extra that installs it)
+MODEL_LIBRARIES = {
+    "huggingface": ("transformers", "hf"),
+    "torchvision": ("torchvision", "torchvision"),
+    "timm": ("timm", "timm"),
+}
+# the files a Hugging Face directory must hold: its config and safetensors weights (one file or sharded)
+HF_CONFIG = "config.json"
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+# kwargs that would download weights or bypass the offline, safetensors-only loading: set by model-audit
+_RESERVED_KWARGS = {
+    "huggingface": ("local_files_only", "use_safetensors", "output_loading_info"),
+    "torchvision": ("weights", "weights_backbone", "pretrained", "pretrained_backbone"),
+    "timm": ("pretrained", "checkpoint_path"),
+}
+MODEL_KEYS = {*MODEL_FILE_KEYS, *MODEL_LIBRARIES, "factory", "kwargs", "trust", "output", "class"}
+_OUTPUT_RULE = re.compile(r"[A-Za-z0-9_.\-\[\]]+")
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -61,6 +85,11 @@ class ModelSpec:
     torchscript: Path | None = None
     pickle: Path | None = None
     family: str | None = None  # the [models.NAME] table of a glob-expanded model ("NAME/<file stem>")
+    huggingface: Path | None = None  # a save_pretrained directory: config.json + model.safetensors
+    torchvision: str | None = None  # a torchvision.models name, built with weights=None
+    timm: str | None = None  # a timm model name, built with pretrained=False
+    model_class: str | None = None  # `class = "..."`: the transformers class of a huggingface directory
+    output: str | int | None = None  # what probes see of a structured forward result; None = "auto"
 
 
 @dataclass(frozen=True)
@@ -223,22 +252,126 @@ def _model_files(root: Path, table: _Table, name: str) -> tuple[list[Path], bool
     return paths, True
 
 
-def _model(file: Path, root: Path, name: str, data: Any) -> list[ModelSpec]:
-    """One model, or a family of models when a file key is a glob: one per file, named "NAME/<stem>"."""
-    t = _Table(file, f"models.{name}", data)
-    t.only({"factory", "kwargs", "weights", "torchscript", "pickle", "trust"})
-    factory = _factory(t)
-    kwargs = _Table(file, t.sub("kwargs"), t.get("kwargs", dict, {})).data
-    files = {k: _model_files(root, t, k) for k in MODEL_FILE_KEYS}
-    trust = t.get("trust", bool, False)
-    if sum(x is not None for x in (factory, files["torchscript"], files["pickle"])) != 1:
+def _library_installed(module: str) -> bool:
+    """Whether a library can be found, without importing it (importing transformers costs seconds; the
+    import itself, and a library that is installed but broken, are met when the model loads)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails, or a module with no spec
+        return False
+
+
+def _require_library(t: _Table, key: str) -> None:
+    """A model kind whose library is missing fails at load, before any job runs or the catalog is opened."""
+    module, extra = MODEL_LIBRARIES[key]
+    if not _library_installed(module):
+        raise t.error(key, f"{module} is not installed (pip install 'model-audit[{extra}]')")
+
+
+def _huggingface_dir(root: Path, t: _Table) -> Path | None:
+    """A local save_pretrained directory: config.json and safetensors weights (a pickled
+    pytorch_model.bin is never loaded, so a directory with only that is refused here, not at load)."""
+    value = t.get("huggingface", str)
+    if value is None:
+        return None
+    path = (root / value).resolve()
+    if not path.exists() and is_pattern(value):
+        raise t.error("huggingface", "a glob is not supported here; define one [models.NAME] per directory")
+    if not path.exists():
+        raise t.error("huggingface", f"directory not found: {path}")
+    if not path.is_dir():
+        raise t.error(
+            "huggingface", f"expected a directory saved with save_pretrained(dir), got the file {path}"
+        )
+    if not (path / HF_CONFIG).is_file():
+        raise t.error("huggingface", f"no {HF_CONFIG} in {path}; save the model with save_pretrained(dir)")
+    if not any((path / f).is_file() for f in HF_WEIGHTS):
+        pickled = (path / "pytorch_model.bin").exists()
+        why = " (pytorch_model.bin is a pickle and is never loaded)" if pickled else ""
+        raise t.error(
+            "huggingface",
+            f"no model.safetensors in {path}{why}; save the model with save_pretrained(dir) "
+            "(safetensors is its default)",
+        )
+    return path
+
+
+def _library_name(t: _Table, key: str) -> str | None:
+    value = t.get(key, str)
+    if value is not None and not value.strip():
+        raise t.error(key, f"expected a model name such as 'resnet18', got {value!r}")
+    return value
+
+
+def _model_class(t: _Table, huggingface: Path | None) -> str | None:
+    value = t.get("class", str)
+    if value is None:
+        return None
+    if huggingface is None:
+        raise t.error("class", "class applies to huggingface = 'dir' only (a transformers class name)")
+    if not value.isidentifier():
+        raise t.error("class", f"expected a class name in transformers such as 'AutoModel', got {value!r}")
+    return value
+
+
+def _output(t: _Table) -> str | int | None:
+    """The output rule ("auto" is stored as None, so that writing it or not is the same model)."""
+    value = t.get("output", (str, int))
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, str) and not _OUTPUT_RULE.fullmatch(value):
+        raise t.error(
+            "output",
+            f"expected 'auto', a key or dotted path ('logits', 'hidden_states.-1') or an index, got {value!r}",
+        )
+    return value
+
+
+def _source(file: Path, t: _Table, given: dict[str, Any]) -> str:
+    """The one key that says where the model comes from."""
+    keys = [k for k, v in given.items() if v is not None]
+    if len(keys) != 1:
+        got = f"; got {' and '.join(keys)}" if keys else ""
         raise ConfigError(
             file,
             t.key,
-            "expected exactly one of: factory (with weights), torchscript, or pickle (with trust = true)",
+            "expected exactly one of: factory, torchvision or timm (each with optional weights), "
+            f"huggingface, torchscript, or pickle (with trust = true){got}",
         )
-    if files["weights"] is not None and factory is None:
-        raise t.error("weights", "weights need a factory = 'module:function' that builds the module")
+    return keys[0]
+
+
+def _check_kwargs(t: _Table, kind: str, kwargs: dict[str, Any]) -> None:
+    for key in _RESERVED_KWARGS.get(kind, ()):
+        if key in kwargs:
+            how = (
+                "it is set by model-audit, which loads Hugging Face directories offline and from safetensors only"
+                if kind == "huggingface"
+                else "nothing is downloaded; give a local state dict: weights = 'file.safetensors'"
+            )
+            raise t.error(f"kwargs.{key}", how)
+
+
+def _model(file: Path, root: Path, name: str, data: Any) -> list[ModelSpec]:
+    """One model, or a family of models when a file key is a glob: one per file, named "NAME/<stem>"."""
+    t = _Table(file, f"models.{name}", data)
+    t.only(MODEL_KEYS)
+    factory = _factory(t)
+    kwargs = _Table(file, t.sub("kwargs"), t.get("kwargs", dict, {})).data
+    files = {k: _model_files(root, t, k) for k in MODEL_FILE_KEYS}
+    huggingface = _huggingface_dir(root, t)
+    named = {k: _library_name(t, k) for k in ("torchvision", "timm")}
+    trust = t.get("trust", bool, False)
+    sources = {"factory": factory, **named, "huggingface": huggingface}
+    kind = _source(file, t, sources | {k: files[k] for k in ("torchscript", "pickle")})
+    if files["weights"] is not None and kind not in ("factory", "torchvision", "timm"):
+        raise t.error(
+            "weights",
+            "weights do not apply to huggingface: the directory holds them (model.safetensors)"
+            if kind == "huggingface"
+            else "weights need a factory = 'module:function', torchvision = 'name' or timm = 'name' "
+            "that builds the module",
+        )
     for weights in files["weights"][0] if files["weights"] else []:
         if weights.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
             raise t.error(
@@ -250,11 +383,27 @@ def _model(file: Path, root: Path, name: str, data: Any) -> list[ModelSpec]:
             "loading a pickled module runs code from the file; set trust = true if you trust it, "
             "or save a state dict/safetensors and use factory + weights",
         )
+    output = _output(t)
+    if output is not None and kind == "torchscript":
+        raise t.error(
+            "output", "cannot be applied to a TorchScript model (no Python hooks); script the selection in"
+        )
+    _check_kwargs(t, kind, kwargs)
+    if kind in MODEL_LIBRARIES:
+        _require_library(t, kind)
+    common = {
+        "factory": factory,
+        "kwargs": dict(kwargs),
+        "huggingface": huggingface,
+        **named,
+        "model_class": _model_class(t, huggingface),
+        "output": output,
+    }
     # the checks above leave at most one file key set
     family = next(((k, v[0]) for k, v in files.items() if v is not None and v[1]), None)
     if family is None:
         one = {k: v[0][0] for k, v in files.items() if v is not None}
-        return [ModelSpec(name, factory, dict(kwargs), **one)]
+        return [ModelSpec(name, **common, **one)]
     key, paths = family
     specs: dict[str, ModelSpec] = {}
     for path in paths:
@@ -270,7 +419,7 @@ def _model(file: Path, root: Path, name: str, data: Any) -> list[ModelSpec]:
                 f"files {earlier} and {path} both give the model name {member!r}; "
                 "narrow the pattern or rename one",
             )
-        specs[member] = ModelSpec(member, factory, dict(kwargs), family=name, **{key: path})
+        specs[member] = ModelSpec(member, **common, family=name, **{key: path})
     return list(specs.values())
 
 

@@ -1,10 +1,11 @@
 """Loading models and datasets from their specs, and their content fingerprints.
 
 Nothing is unpickled unless the config says ``trust = true``: weights load through safetensors or
-``torch.load(weights_only=True)``, arrays through ``np.load(allow_pickle=False)``. Datasets are read
-batch by batch (``.npy`` memory-mapped, ``.parquet`` in chunks through DuckDB), so memory follows the
-batch size, not the dataset size. Fingerprints hash content, not paths, so moving a file keeps its
-cached results and changing a byte invalidates them.
+``torch.load(weights_only=True)``, Hugging Face directories from safetensors (see :mod:`audit.libraries`,
+which also builds torchvision and timm models by name), arrays through ``np.load(allow_pickle=False)``.
+Datasets are read batch by batch (``.npy`` memory-mapped, ``.parquet`` in chunks through DuckDB), so
+memory follows the batch size, not the dataset size. Fingerprints hash content, not paths, so moving a
+file keeps its cached results and changing a byte invalidates them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from audit import libraries
+from audit.capture import select_output
 from audit.config import DatasetSpec, ModelSpec
 from audit.errors import UsageError
 
@@ -54,15 +57,31 @@ def import_factory(ref: str, root: Path, what: str) -> Any:
 
 
 def model_fingerprint(spec: ModelSpec) -> str:
+    """What the model is built from and everything read to build it. Keys a spec leaves unset stay out,
+    so the models of older configs keep their fingerprints (and their cached results)."""
     h = hashlib.sha256()
-    h.update(
-        json.dumps({"factory": spec.factory, "kwargs": spec.kwargs}, sort_keys=True, default=str).encode()
-    )
+    described: dict[str, Any] = {"factory": spec.factory, "kwargs": spec.kwargs}
+    for key in ("torchvision", "timm", "model_class", "output"):
+        if getattr(spec, key) is not None:
+            described[key] = getattr(spec, key)
+    if spec.huggingface is not None:
+        described["huggingface"] = "directory"  # its content, not its path, is hashed below
+    h.update(json.dumps(described, sort_keys=True, default=str).encode())
     for p in (spec.weights, spec.torchscript, spec.pickle):
         if p is not None:
             h.update(p.suffix.encode())
             sha256_file(p, h)
+    if spec.huggingface is not None:
+        _hash_directory(spec.huggingface, h)
     return h.hexdigest()
+
+
+def _hash_directory(directory: Path, h: Any) -> None:
+    """Every file under a directory, by relative path and content: a changed config.json, a re-saved
+    weight shard or an added file each make another model."""
+    files = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file()}
+    for rel in sorted(files):
+        h.update(f"{rel}\0{sha256_file(files[rel])}\n".encode())
 
 
 def _state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -82,6 +101,7 @@ def _state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def load_model(spec: ModelSpec, root: Path, device: torch.device) -> torch.nn.Module:
+    """The module a spec names, on `device`, in eval mode, its call narrowed to the output the probes see."""
     what = f"model {spec.name!r}"
     if spec.torchscript is not None:
         try:
@@ -90,24 +110,44 @@ def load_model(spec: ModelSpec, root: Path, device: torch.device) -> torch.nn.Mo
             raise UsageError(f"{what}: cannot load TorchScript {spec.torchscript.name}: {e}") from None
     elif spec.pickle is not None:  # only reachable with trust = true (checked in config)
         model = torch.load(spec.pickle, map_location=device, weights_only=False)
+    elif spec.huggingface is not None:
+        model = libraries.load_huggingface(spec, what)
+    elif spec.torchvision is not None:
+        model = libraries.build_torchvision(spec.torchvision, spec.kwargs, what)
+    elif spec.timm is not None:
+        model = libraries.build_timm(spec.timm, spec.kwargs, what)
     else:
         factory = import_factory(spec.factory or "", root, what)
         try:
             model = factory(**spec.kwargs)
         except Exception as e:
             raise UsageError(f"{what}: factory {spec.factory} failed: {e}") from None
-        if spec.weights is not None:
-            state = _state_dict(spec.weights, what)
-            missing, unexpected, reshaped = _mismatch(model, state)
-            if missing or unexpected or reshaped:
-                raise UsageError(
-                    f"{what}: weights {spec.weights.name} do not fit the module built by {spec.factory} "
-                    f"(missing: {_few(missing)}; unexpected: {_few(unexpected)}; other shape: {_few(reshaped)})"
-                )
-            model.load_state_dict(state)
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{what}: expected a torch.nn.Module, got {type(model).__name__}")
-    return model.to(device).eval()
+    if spec.weights is not None:
+        _load_weights(model, spec.weights, what, _builder(spec))
+    return select_output(model.to(device).eval(), spec.output)
+
+
+def _builder(spec: ModelSpec) -> str:
+    """How the module that weights load into was built, in the words of the config."""
+    if spec.torchvision is not None:
+        return f"torchvision.models.get_model({spec.torchvision!r})"
+    if spec.timm is not None:
+        return f"timm.create_model({spec.timm!r})"
+    return str(spec.factory)
+
+
+def _load_weights(model: torch.nn.Module, path: Path, what: str, builder: str) -> None:
+    """A state dict that fits the module exactly: a missing, unknown or reshaped key is an input error."""
+    state = _state_dict(path, what)
+    missing, unexpected, reshaped = _mismatch(model, state)
+    if missing or unexpected or reshaped:
+        raise UsageError(
+            f"{what}: weights {path.name} do not fit the module built by {builder} "
+            f"(missing: {_few(missing)}; unexpected: {_few(unexpected)}; other shape: {_few(reshaped)})"
+        )
+    model.load_state_dict(state)
 
 
 def _mismatch(

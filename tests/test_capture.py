@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from audit import capture
-from audit.capture import OUTPUT, default_layers, hooked, resolve_layers, stream_activations
+from audit.capture import OUTPUT, default_layers, resolve_layers, stream_activations
 from audit.errors import ProbeInputError
 
 
@@ -48,18 +48,21 @@ def no_hooks(model: nn.Module) -> bool:
 # ---------------------------------------------------------------- layer selection
 
 
-def test_default_layers_are_leaves_with_parameters_plus_output():
-    assert default_layers(mlp()) == ["0", "2", "4", "output"]
+X4 = torch.randn(6, 4, generator=torch.Generator().manual_seed(5))
 
 
-def test_default_layers_of_a_nested_model():
-    assert default_layers(Nested()) == ["encoder.0", "head", "unused", "output"]
+def test_default_layers_are_modules_with_parameters_plus_output():
+    assert default_layers(mlp(), X4) == ["0", "2", "4", "output"]
+
+
+def test_default_layers_leave_out_a_module_the_forward_pass_never_calls():
+    assert default_layers(Nested(), X4) == ["encoder.0", "head", "output"]
 
 
 def test_no_patterns_means_default_layers():
     model = mlp()
-    assert resolve_layers(model, None) == ["0", "2", "4", OUTPUT]
-    assert resolve_layers(model, []) == ["0", "2", "4", OUTPUT]
+    assert resolve_layers(model, None, X4) == ["0", "2", "4", OUTPUT]
+    assert resolve_layers(model, [], X4) == ["0", "2", "4", OUTPUT]
 
 
 @pytest.mark.parametrize(
@@ -75,19 +78,27 @@ def test_no_patterns_means_default_layers():
     ],
 )
 def test_resolve_layers(patterns, expected):
-    assert resolve_layers(mlp(), patterns) == expected
+    assert resolve_layers(mlp(), patterns, X4) == expected
 
 
 def test_resolve_layers_globs_on_nested_names():
     model = Nested()
-    assert resolve_layers(model, ["encoder.*"]) == ["encoder.0", "encoder.1"]
-    assert resolve_layers(model, ["head", "encoder"]) == ["encoder", "head"]
-    assert resolve_layers(model, ["*0", OUTPUT, "head"]) == ["encoder.0", "head", OUTPUT]
+    assert resolve_layers(model, ["encoder.*"], X4) == ["encoder.0", "encoder.1"]
+    assert resolve_layers(model, ["head", "encoder"], X4) == ["encoder", "head"]
+    assert resolve_layers(model, ["*0", OUTPUT, "head"], X4) == ["encoder.0", "head", OUTPUT]
+
+
+def test_a_glob_drops_modules_that_never_run_and_an_exact_name_of_one_is_an_error():
+    model = Nested()
+    assert resolve_layers(model, ["*"], X4) == ["encoder", "encoder.0", "encoder.1", "head"]
+    with pytest.raises(ProbeInputError) as info:
+        resolve_layers(model, ["head", "unused"], X4)
+    assert str(info.value) == "layer 'unused' is never called in the forward pass (matched by 'unused')"
 
 
 def test_resolve_layers_is_case_sensitive_and_reports_a_pattern_matching_nothing():
     with pytest.raises(ProbeInputError) as info:
-        resolve_layers(Nested(), ["encoder", "Head"])
+        resolve_layers(Nested(), ["encoder", "Head"], X4)
     assert str(info.value) == (
         "layer pattern 'Head' matches no module (modules: encoder, encoder.0, encoder.1, head, unused)"
     )
@@ -96,7 +107,7 @@ def test_resolve_layers_is_case_sensitive_and_reports_a_pattern_matching_nothing
 def test_unmatched_pattern_lists_at_most_eight_modules():
     model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(10)])
     with pytest.raises(ProbeInputError) as info:
-        resolve_layers(model, ["fc*"])
+        resolve_layers(model, ["fc*"], torch.randn(3, 2))
     assert str(info.value) == "layer pattern 'fc*' matches no module (modules: 0, 1, 2, 3, 4, 5, 6, 7 …)"
 
 
@@ -172,6 +183,25 @@ def test_a_module_not_called_in_forward():
     assert no_hooks(model)
 
 
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.shared(torch.tanh(self.shared(x)))
+
+
+def test_a_module_run_twice_per_forward_is_refused_not_silently_overwritten():
+    model = Twice()
+    _, _, batches = data(4, 4)
+    with pytest.raises(ProbeInputError, match=r"^layer 'shared' ran more than once in one forward pass$"):
+        list(stream_activations(model, batches, ["shared"]))
+    assert default_layers(model, X4) == [OUTPUT]
+    with pytest.raises(ProbeInputError, match="runs 2 times per forward pass"):
+        resolve_layers(model, ["shared"], X4)
+
+
 def test_an_unknown_layer_name():
     model = mlp()
     _, _, batches = data(4, 4)
@@ -188,6 +218,11 @@ class TupleOut(nn.Module):
 class DictOut(nn.Module):
     def forward(self, x):
         return {"a": x}
+
+
+class NoTensor(nn.Module):
+    def forward(self, x):
+        return "text"
 
 
 class WithTuple(nn.Module):
@@ -208,8 +243,13 @@ def test_tuple_output_uses_the_first_tensor_and_non_tensors_are_refused():
         assert torch.equal(acts[0], model.lin(x) * 2)
     assert torch.equal(acts[1], out)
 
-    bad = nn.Sequential(nn.Linear(4, 4), DictOut())
-    with pytest.raises(ProbeInputError, match=r"^layer '1' returned dict, not a tensor$"):
+    keyed = nn.Sequential(nn.Linear(4, 4), DictOut())  # a mapping: its tensor (see pick_output)
+    ((acts, out, _),) = list(stream_activations(keyed, batches, ["1", OUTPUT]))
+    with torch.no_grad():
+        assert torch.equal(acts[0], keyed[0](x)) and torch.equal(out, acts[0])
+
+    bad = nn.Sequential(nn.Linear(4, 4), NoTensor())
+    with pytest.raises(ProbeInputError, match=r"^layer '1' returned str, not a tensor$"):
         list(stream_activations(bad, batches, ["1"]))
     assert no_hooks(bad)
     with pytest.raises(ProbeInputError, match=r"^the model's output is not a tensor$"):
@@ -229,36 +269,27 @@ def test_activations_stay_on_the_model_device_and_dtype():
 # ---------------------------------------------------------------- memory: nothing kept across batches
 
 
-def test_store_holds_only_the_current_batch(monkeypatch):
-    stores = []
+def test_slots_hold_only_the_current_batch(monkeypatch):
+    captures = []
+    original = capture.Capture.__enter__
 
-    def spy(model, layers):
-        ctx = hooked(model, layers)
+    def spy(self):
+        captures.append(self)
+        return original(self)
 
-        class Spy:
-            def __enter__(self):
-                store = ctx.__enter__()
-                stores.append(store)
-                return store
-
-            def __exit__(self, *exc):
-                return ctx.__exit__(*exc)
-
-        return Spy()
-
-    monkeypatch.setattr(capture, "hooked", spy)
+    monkeypatch.setattr(capture.Capture, "__enter__", spy)
     model = mlp()
     _, _, batches = data(10, 4)  # batch sizes 4, 4, 2
     layers = ["0", "2", "4", OUTPUT]
     sizes = []
     for acts, _out, _y in stream_activations(model, batches, layers):
-        (store,) = stores
+        (cap,) = captures
         batch = acts[0].shape[0]
         sizes.append(batch)
-        assert set(store) == {"0", "2", "4"}
-        assert all(t.shape[0] == batch for t in store.values())
-        # the store's tensors are the ones handed out, not copies kept aside
-        assert all(store[name] is act for name, act in zip(layers, acts, strict=True) if name != OUTPUT)
+        assert set(cap.slots) == {"0", "2", "4"}
+        assert all(s.value().shape[0] == batch for s in cap.slots.values())
+        # the slots' tensors are the ones handed out, not copies kept aside
+        assert all(cap.slots[n].value() is a for n, a in zip(layers, acts, strict=True) if n != OUTPUT)
     assert sizes == [4, 4, 2]
     assert no_hooks(model)
 
@@ -274,7 +305,7 @@ def test_activations_of_a_batch_are_released_after_the_next_batch():
         pytest.skip("tensors do not support weak references in this torch")
     del acts, out
     gc.collect()
-    assert all(r() is not None for r in refs[:2])  # still held by the store while batch 0 is current
+    assert all(r() is not None for r in refs[:2])  # still held by the slots while batch 0 is current
     next(stream)
     gc.collect()
     assert [r() for r in refs] == [None, None, None, None]

@@ -15,6 +15,7 @@ from conftest import run_audit
 
 CKA_DEFAULTS = {
     "layers": [],
+    "sequence": "flatten",
     "batch_size": 256,
     "estimator": "unbiased",
     "gram_dtype": "float32",
@@ -238,7 +239,10 @@ MODEL_ERRORS = [
     pytest.param(
         "[models.m]\nkwargs = { a = 1 }\n",
         "models.m",
-        ["expected exactly one of: factory (with weights), torchscript, or pickle (with trust = true)"],
+        [
+            "expected exactly one of: factory, torchvision or timm (each with optional weights), "
+            "huggingface, torchscript, or pickle (with trust = true)"
+        ],
         id="model-without-source",
     ),
     pytest.param(
@@ -322,7 +326,10 @@ MODEL_ERRORS = [
     pytest.param(
         '[models.m]\nfactory = "x:y"\nweigths = "w.pt"\n',
         "models.m.weigths",
-        ["unknown key (expected one of: factory, kwargs, pickle, torchscript, trust, weights)"],
+        [
+            "unknown key (expected one of: class, factory, huggingface, kwargs, output, pickle, timm, "
+            "torchscript, torchvision, trust, weights)"
+        ],
         id="model-typo-key",
     ),
     pytest.param("models = 3\n", "models", ["expected a table, got 3"], id="models-not-table"),
@@ -400,7 +407,7 @@ PROBE_ERRORS = [
         "probes[0].params",
         [
             "unknown parameter 'colour' for probe 'cka' "
-            "(known: layers, batch_size, estimator, gram_dtype, eigenvalues)"
+            "(known: layers, sequence, batch_size, estimator, gram_dtype, eigenvalues)"
         ],
         id="unknown-param",
     ),

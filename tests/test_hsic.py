@@ -228,6 +228,28 @@ def test_constant_layer_gives_nan_not_a_clamped_number():
     assert acc.self_a[1] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_a_layer_float32_cannot_resolve_is_recomputed_in_float64_not_reported_constant():
+    """A spread of ~1e-6 around 1 is stored fine in float32 (8 ulps) but is below the float32 Gram's
+    resolution: the layer must come back as its float64 Gram (CKA defined), not as a constant layer (NaN)."""
+    rng = np.random.default_rng(11)
+    signal = rng.normal(size=(32, 6))
+    X = torch.from_numpy(1.0 + 1e-6 * signal).float()  # what a float32 activation holds
+    Y = t(signal @ rng.normal(size=(6, 4)))
+    k = gram(X, torch.float32)
+    k64 = gram(X.double(), torch.float64)
+    assert float(k.abs().max()) > 0
+    torch.testing.assert_close(k.double(), k64, rtol=1e-9, atol=0.0)
+    acc = MinibatchCKA(2, gram_dtype=torch.float32)
+    acc.update([X, Y.float()])
+    assert np.all(acc.self_a > 0)
+    x64 = X.double().numpy()
+    y64 = Y.float().double().numpy()
+    expected = ref_cka(x64 - x64.mean(0), y64 - y64.mean(0))
+    assert acc.matrix()[0, 1] == pytest.approx(expected, abs=1e-5)
+    constant = torch.full((32, 6), 1.0 + 2**-23)  # truly constant in float32: still a constant layer
+    assert not gram(constant, torch.float32).any()
+
+
 def test_cka_from_sums_never_clamps():
     m = cka_from_sums(np.array([[2.0, -0.3], [-0.3, 1.0]]), np.array([1.0, 1.0]), np.array([1.0, 1.0]))
     assert m[0, 0] == 2.0 and m[0, 1] == -0.3  # out-of-range values stay visible

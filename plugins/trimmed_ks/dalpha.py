@@ -87,9 +87,15 @@ ThresholdSpec = float | str | Callable[[float], float]
 
 
 def ks_constant(level: float) -> float:
-    """c(ε) = √(−ln(ε/2)/2): the first term of Kolmogorov's series, P(√N·D > c) ≈ 2·exp(−2c²) = ε."""
+    """c(ε): the exact upper-ε quantile of Kolmogorov's limit distribution, P(K > c) = ε with
+    P(K > c) = 2 Σ_{k≥1} (−1)^{k−1} exp(−2k²c²) (``scipy.stats.kstwobign``; 1.3581 at 5 %, 1.2238 at 10 %).
+
+    Not the series' first term √(−ln(ε/2)/2), which is close only for small ε: 1.35810 for 1.35810 at 5 %,
+    but 0.8326 for 0.8276 at 50 % and 0.6319 for 0.5712 at 90 %."""
+    from scipy.stats import kstwobign
+
     _check_level(level)
-    return math.sqrt(-math.log(level / 2.0) / 2.0)
+    return float(kstwobign.isf(level))
 
 
 def _check_level(level: float) -> None:
@@ -146,7 +152,7 @@ def threshold(
     Rules (ε = `level`; defaults 0.05, 0.05, 0.01):
 
     * ``"ks_asymptotic"``: the plain asymptotic KS critical value c(ε)·√((n+m)/(nm)),
-      c(ε) = √(−ln(ε/2)/2) (1.3581 at 5 %); c(ε)/√n for a continuous reference (m = None). Ignores α.
+      c(ε) the exact asymptotic Kolmogorov quantile (1.3581 at 5 %); c(ε)/√n for a continuous reference (m = None). Ignores α.
     * ``"dkw_conservative"``: a finite-sample bound valid at every n, m and α:
       √(ln(4/ε)/(2n))/(1−α) + √(ln(4/ε)/(2m)) (DKW–Massart for each eCDF at ε/2, the candidate's deviation
       scaled by the Lipschitz constant 1/(1−α) of d_α in F); √(ln(2/ε)/(2n))/(1−α) for a continuous reference.

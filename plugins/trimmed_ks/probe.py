@@ -40,7 +40,7 @@ CURVE_ALPHAS = np.linspace(0.0, 0.5, 51)
 
 class TrimmedKSProbe(Probe):
     name = "trimmed_ks"
-    version = "0.1.0"
+    version = "0.2.0"
     description = (
         "Seed-to-seed variability: α̂, the minimal trimming at which a Kolmogorov–Smirnov test accepts a "
         "candidate's score distribution as that of a reference ensemble trained alike (exact trimmed KS), "
