@@ -152,7 +152,12 @@ def hf_models(seed: int = 0) -> dict[str, nn.Module]:
     return {
         "hf_resnet": tf.ResNetForImageClassification(
             tf.ResNetConfig(
-                num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3
+                num_channels=3,
+                embedding_size=16,
+                hidden_sizes=[16, 32],
+                depths=[1, 1],
+                layer_type="basic",
+                num_labels=3,
             )
         ).eval(),
         "hf_vit_model": tf.ViTModel(tf.ViTConfig(**vit)).eval(),

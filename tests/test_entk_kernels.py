@@ -263,3 +263,24 @@ def test_conv_pair_route_and_explicit_route_agree_with_the_definition(monkeypatc
     np.testing.assert_allclose(
         empirical_ntk(net, xs, output=2, chunk_size=3), reference_ntk(net, xs, xs, 2), atol=1e-10
     )
+
+
+def test_a_layer_vmap_cannot_batch_falls_back_to_one_example_at_a_time():
+    """nn.GRU writes its hidden state in place, which vmap's batching rules refuse: the per-sample
+    Jacobians are then taken one example at a time and still equal the definition."""
+
+    class GRUClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(3, 5)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            out, _ = self.rnn(x.transpose(0, 1))
+            return self.head(out[-1])
+
+    torch.manual_seed(0)
+    model = GRUClassifier().double().eval()
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    got = empirical_ntk(model, x, output="trace")
+    torch.testing.assert_close(got, reference_ntk(model, x, x), rtol=1e-10, atol=1e-12)

@@ -31,8 +31,10 @@ it (:func:`_blocked_gram`), so recomputation — not the Gram — stays the smal
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -40,6 +42,7 @@ from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
 
 Output = str | int
+_T = TypeVar("_T")
 DEFAULT_BUDGET = 1 << 30  # bytes for one chunk of per-sample Jacobians (or projections)
 
 
@@ -53,7 +56,8 @@ def select_outputs(out: torch.Tensor, output: Output) -> torch.Tensor:
     if isinstance(output, int) and not isinstance(output, bool):
         if not -out.shape[1] <= output < out.shape[1]:
             raise ValueError(f"output index {output} out of range for {out.shape[1]} outputs")
-        return out[:, output : output + 1]
+        # normalised first: a negative index as a slice start, out[:, -1:0], would select nothing
+        return out.narrow(1, output % out.shape[1], 1)
     raise ValueError(f"output must be 'trace', 'sum' or a logit index, got {output!r}")
 
 
@@ -169,60 +173,134 @@ def _route_param_count(model: nn.Module, routes: Routes, include_dense: bool) ->
     )
 
 
+# ---------------------------------------------------------------- taps immune to later in-place writes
+
+_Tap = tuple[str, str]  # (layer name, "in" or "out")
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's version counter (bumped by every in-place write to it or to a view of its storage);
+    None for an inference tensor, which has none."""
+    return None if t.is_inference() else t._version
+
+
+@dataclass
+class _Taps:
+    """Forward hooks that keep the inputs (and, with `outputs`, the outputs) of some layers, immune to
+    in-place writes later in the forward.
+
+    An in-place op after a layer (``nn.ReLU(inplace=True)``, ``out += identity``, ``x.relu_()``) overwrites
+    a kept tensor's values, and autograd rebases a kept output onto that op, so a gradient taken with
+    respect to it silently skips the op's Jacobian (the ReLU mask). Copying every tap would cost time and
+    memory on the models that have no such op, so each forward instead compares the version counters of
+    what it kept before and after, and only the taps that were written to are copied, on a repeated
+    forward: an input is cloned when the hook sees it; for an output the hook hands the model a clone to
+    continue on, so the kept output keeps its own autograd node. `copies` persists across the chunks of a
+    call, so the repeated forward is paid once per call, and not at all where nothing is written in place.
+    """
+
+    layers: list[str]
+    outputs: bool = True
+    copies: set[_Tap] = field(default_factory=set)
+
+    def run(
+        self, model: nn.Module, forward: Callable[[], _T]
+    ) -> tuple[_T, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """forward() with the hooks in place: its result and the layers' inputs and outputs (by name)."""
+        while True:
+            result, inputs, outputs, written = self._once(model, forward)
+            if not written:
+                return result, inputs, outputs
+            if written <= self.copies:  # cannot happen for a module that keeps no reference to its output
+                raise RuntimeError(
+                    f"layer inputs/outputs {sorted(written)} are written in place even when copied"
+                )
+            self.copies |= written
+            del result, inputs, outputs  # free the first graph before the repeated forward
+
+    def _once(self, model: nn.Module, forward: Callable[[], _T]):
+        """One hooked forward: its result, the kept inputs and outputs, and the taps written in place after
+        they were kept (version counter changed; an inference tensor, uncounted, is always copied)."""
+        modules = dict(model.named_modules())
+        inputs: dict[str, torch.Tensor] = {}
+        outputs: dict[str, torch.Tensor] = {}
+        kept: dict[_Tap, tuple[torch.Tensor, int | None]] = {}
+
+        def hook(name: str):
+            def fn(_m, ins, out):
+                a = ins[0].detach()
+                if (name, "in") in self.copies or a.is_inference():
+                    a = a.clone()
+                inputs[name] = a
+                kept[(name, "in")] = (a, _version(a))
+                if not self.outputs:
+                    return None
+                outputs[name] = out
+                kept[(name, "out")] = (out, _version(out))
+                return out.clone() if (name, "out") in self.copies else None
+
+            return fn
+
+        handles = [modules[name].register_forward_hook(hook(name)) for name in self.layers]
+        try:
+            result = forward()
+        finally:
+            for h in handles:
+                h.remove()
+        written = {tap for tap, (t, v) in kept.items() if v is not None and _version(t) != v}
+        return result, inputs, outputs, written
+
+
 # ---------------------------------------------------------------- one forward, one class-batched backward
 
 
 def _capture(
-    model: nn.Module, x: torch.Tensor, layers: list[str], output: Output
+    model: nn.Module, x: torch.Tensor, layers: list[str], output: Output, taps: _Taps | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Each layer's input, and the gradients of every selected output w.r.t. its output: (C', b, *out)."""
-    modules = dict(model.named_modules())
-    inputs: dict[str, torch.Tensor] = {}
-    outputs: dict[str, torch.Tensor] = {}
+    """Each layer's input, and the gradients of every selected output w.r.t. its output: (C', b, *out).
 
-    def hook(name: str):
-        def fn(_m, ins, out):
-            inputs[name] = ins[0].detach()
-            outputs[name] = out
-
-        return fn
-
-    handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
-    try:
-        with torch.enable_grad():
-            sel = select_outputs(model(x), output)
-            zs = [outputs[name] for name in layers]
-            c = sel.shape[1]
-            eye = torch.eye(c, dtype=sel.dtype, device=sel.device)
-            try:  # all classes in one vmapped backward
-                grad_outputs = eye[:, None, :].expand(c, sel.shape[0], c)
-                grads = torch.autograd.grad(sel, zs, grad_outputs=grad_outputs, is_grads_batched=True)
-            except RuntimeError:  # an op without a batching rule: one backward per class
-                per_class = [
-                    torch.autograd.grad(sel, zs, grad_outputs=eye[k].expand_as(sel), retain_graph=True)
-                    for k in range(c)
-                ]
-                grads = tuple(torch.stack([pc[i] for pc in per_class]) for i in range(len(zs)))
-    finally:
-        for h in handles:
-            h.remove()
+    `taps` (for these layers) carries what an earlier chunk learnt about in-place writes, see :class:`_Taps`.
+    """
+    taps = taps or _Taps(list(layers))
+    with torch.enable_grad():
+        sel, inputs, outputs = taps.run(model, lambda: select_outputs(model(x), output))
+        zs = [outputs[name] for name in layers]
+        c = sel.shape[1]
+        eye = torch.eye(c, dtype=sel.dtype, device=sel.device)
+        try:  # all classes in one vmapped backward
+            grad_outputs = eye[:, None, :].expand(c, sel.shape[0], c)
+            grads = torch.autograd.grad(sel, zs, grad_outputs=grad_outputs, is_grads_batched=True)
+        except RuntimeError:  # an op without a batching rule: one backward per class
+            per_class = [
+                torch.autograd.grad(sel, zs, grad_outputs=eye[k].expand_as(sel), retain_graph=True)
+                for k in range(c)
+            ]
+            grads = tuple(torch.stack([pc[i] for pc in per_class]) for i in range(len(zs)))
     return inputs, {name: g.detach() for name, g in zip(layers, grads, strict=True)}
 
 
 def _stored_factors(
-    model: nn.Module, x: torch.Tensor, layers: list[str], output: Output, chunk: int, explicit: list[str] = ()
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: list[str],
+    output: Output,
+    chunk: int,
+    explicit: list[str] = (),
+    taps: _Taps | None = None,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
     """For all of x, one capture per chunk for every layer: the factors of `layers` and the per-sample
     gradients of the conv layers in `explicit` (a list of (n, C', P_i)).
 
     Factors of a dense layer: inputs (n, in) and output gradients (n, C'·out); of a conv layer: inputs
-    (n, in, H, W) and output gradients (n, L, C'·out) for its L output positions.
+    (n, in, H, W) and output gradients (n, L, C'·out) for its L output positions. `taps` (for `layers` +
+    `explicit`) may be shared with another call on the same model, see :class:`_Taps`.
     """
     modules = dict(model.named_modules())
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in layers}
     feats: list[list[torch.Tensor]] = []
+    taps = taps or _Taps(list(layers) + list(explicit))
     for s in _chunks(x.shape[0], chunk):
-        inputs, grads = _capture(model, x[s], list(layers) + list(explicit), output)
+        inputs, grads = _capture(model, x[s], list(layers) + list(explicit), output, taps)
         for name in layers:
             g = grads[name]
             c, b = g.shape[:2]
@@ -262,7 +340,24 @@ def _jacobian_fn(model: nn.Module, names: list[str] | tuple[str, ...], output: O
         out = functional_call(model, ({**frozen, **p}, buffers), (xi.unsqueeze(0),))
         return select_outputs(out, output).squeeze(0)
 
-    return vmap(jacrev(f), in_dims=(None, 0))
+    per_sample = jacrev(f)
+    batched = vmap(per_sample, in_dims=(None, 0))
+
+    def jacobians(p: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """vmap over the examples; where a layer has no batching rule for what it does (``nn.GRU`` writes
+        its hidden state in place), one example at a time: slower, the same Jacobians."""
+        if not state["loop"]:
+            try:
+                with warnings.catch_warnings():  # vmap's "performance drop" notes for unbatched kernels
+                    warnings.filterwarnings("ignore", message="There is a performance drop")
+                    return batched(p, x)
+            except RuntimeError:
+                state["loop"] = True
+        rows = [per_sample(p, x[i]) for i in range(x.shape[0])]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    state = {"loop": False}
+    return jacobians
 
 
 def _gradient_fn(
@@ -273,11 +368,12 @@ def _gradient_fn(
     layers = list(routes.dense if include_dense else ()) + list(routes.conv)
     generic = {name: p.detach() for name, p in model.named_parameters() if name in routes.generic}
     jac = _jacobian_fn(model, routes.generic, output) if generic else None
+    taps = _Taps(layers)  # shared by every chunk: in-place writes are found once per call
 
     def fn(x: torch.Tensor) -> list[torch.Tensor]:
         feats: list[torch.Tensor] = []
         if layers:
-            inputs, grads = _capture(model, x, layers, output)
+            inputs, grads = _capture(model, x, layers, output, taps)
             for name in layers:
                 module, a, g = modules[name], inputs[name], grads[name]
                 if isinstance(module, nn.Conv2d):
@@ -497,8 +593,9 @@ def empirical_ntk(
     stored = list(routes.dense) + pairs
     if stored or inline:  # one capture pass per dataset for the dense and conv layers together
         chunk = chunk_size or min(x1.shape[0], 256)
-        f1, g1 = _stored_factors(model, x1, stored, output, chunk, inline)
-        f2, g2 = (f1, g1) if symmetric else _stored_factors(model, xb, stored, output, chunk, inline)
+        taps = _Taps(stored + inline)
+        f1, g1 = _stored_factors(model, x1, stored, output, chunk, inline, taps)
+        f2, g2 = (f1, g1) if symmetric else _stored_factors(model, xb, stored, output, chunk, inline, taps)
         modules = dict(model.named_modules())
         for name in routes.dense:
             k += _dense_kernel(f1[name], f2[name], modules[name].bias is not None)
@@ -669,18 +766,14 @@ def penultimate_layer(model: nn.Module) -> str:
 
 
 def layer_inputs(model: nn.Module, x: torch.Tensor, layer: str, batch_size: int = 1024) -> torch.Tensor:
-    """The (flattened) inputs of module `layer` for every example of x, batch by batch under no_grad."""
-    module = dict(model.named_modules())[layer]
+    """The (flattened) inputs of module `layer` for every example of x, batch by batch under no_grad
+    (copied where the model later writes them in place, see :class:`_Taps`)."""
+    taps = _Taps([layer], outputs=False)
     captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(
-        lambda _m, ins, _o: captured.append(ins[0].detach().reshape(ins[0].shape[0], -1))
-    )
-    try:
-        with torch.no_grad():
-            for s in _chunks(x.shape[0], batch_size):
-                model(x[s])
-    finally:
-        handle.remove()
+    with torch.no_grad():
+        for s in _chunks(x.shape[0], batch_size):
+            a = taps.run(model, lambda s=s: model(x[s]))[1][layer]
+            captured.append(a.reshape(a.shape[0], -1))
     return torch.cat(captured)
 
 

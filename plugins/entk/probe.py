@@ -21,6 +21,7 @@ MODES = ("exact", "projected", "subsampled")
 
 
 def _parse_output(value: str) -> kernels.Output:
+    """'trace', 'sum' or a logit index; a negative index counts from the last logit ('-1': the last)."""
     if value in ("trace", "sum"):
         return value
     try:
@@ -31,7 +32,9 @@ def _parse_output(value: str) -> kernels.Output:
 
 class ENTKProbe(Probe):
     name = "entk"
-    version = "0.2.0"
+    # 0.2.1: the kernels are exact on models that write layer outputs in place (ReLU(inplace=True),
+    # `out += identity`); 0.2.0 results of such models were wrong, and the version keys the result cache
+    version = "0.2.1"
     description = (
         "Empirical NTK (trace/single-output/pNTK; exact with dense-layer factorisation, projected or "
         "parameter-subsampled), conjugate kernel and weight spectra (Marchenko–Pastur edge, spikes, tail "
