@@ -197,7 +197,6 @@ def test_resnet18_layers_are_every_conv_bn_and_fc(catalog):
 def test_structured_outputs_are_read_as_documented(catalog):
     """ViTModel and BertModel return pooler_output (no logits); the classifiers their logits."""
     for name, width in (("hf_vit_model", 32), ("hf_bert", 32), ("hf_vit_classifier", 3), ("hf_resnet", 3)):
-        (view,) = catalog.result_views([results(catalog, name)["entk"][0]])
         _, rows = catalog.query(
             "select value from metric_values where result_id = ? and metric = 'dimension'",
             [results(catalog, name)["embedding"][0]],

@@ -152,7 +152,8 @@ def threshold(
     Rules (ε = `level`; defaults 0.05, 0.05, 0.01):
 
     * ``"ks_asymptotic"``: the plain asymptotic KS critical value c(ε)·√((n+m)/(nm)),
-      c(ε) the exact asymptotic Kolmogorov quantile (1.3581 at 5 %); c(ε)/√n for a continuous reference (m = None). Ignores α.
+      c(ε) the exact asymptotic Kolmogorov quantile (1.3581 at 5 %); c(ε)/√n for a continuous reference
+      (m = None). Ignores α.
     * ``"dkw_conservative"``: a finite-sample bound valid at every n, m and α:
       √(ln(4/ε)/(2n))/(1−α) + √(ln(4/ε)/(2m)) (DKW–Massart for each eCDF at ε/2, the candidate's deviation
       scaled by the Lipschitz constant 1/(1−α) of d_α in F); √(ln(2/ε)/(2n))/(1−α) for a continuous reference.
