@@ -113,7 +113,11 @@ def test_hashed_model_separates_text_from_scrambled_text_with_no_extra():
     within = (emb[:60] @ emb[:60].T)[np.triu_indices(60, 1)].mean()
     across = (emb[:60] @ emb[60:].T).mean()
     assert within > 2 * across  # measured: 0.119 vs 0.047
-    assert _centroid_cv(emb, np.repeat([0, 1], 60)) > 0.7  # measured: 0.81
+    # better than chance beyond the accuracy's sampling noise: under "cannot tell them apart" the held-out
+    # accuracy of 120 predictions is Binomial(120, ½)/120, sd √(¼/120) = 0.046; 3 sd above ½ is 0.637.
+    # (The sentences come from the standard library's docstrings, which differ between Python versions:
+    # measured 0.81 on 3.11, 0.70 on 3.12.)
+    assert _centroid_cv(emb, np.repeat([0, 1], 60)) > 0.5 + 3 * np.sqrt(0.25 / 120)
 
 
 def test_hashed_model_rejects_inputs_tokenised_for_another_instrument():

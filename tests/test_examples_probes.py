@@ -87,8 +87,13 @@ def test_seed_variability(tmp_path):
     candidates = {name: v for name, v in alpha.items() if name.startswith("cand_")}
     null_max = next(v for k, v in m.items() if k[2] == "null_alpha_hat_max")
     assert len(heldout) == 3 and len(candidates) == 5
-    # quick: held-out 0, 0, 0; reference leave-one-out max 0.075; candidates 0.46 (long) … 1
-    assert max(heldout) <= null_max < min(candidates.values())
+    # quick: held-out 0, 0, 0 here (0.0188 for one on another BLAS); reference leave-one-out max 0 to 0.075;
+    # candidates 0.46 (long) … 1. α̂ of a seed of the same recipe is a null draw: it may exceed the reference's
+    # own leave-one-out maximum by sampling noise, whose scale is the KS test's critical value (the trimming
+    # that moves d_α by one critical value), so the held-out seeds must lie within that of the null maximum
+    margin = max(v for k, v in m.items() if k[2] == "ks_threshold" and k[0].startswith("heldout/"))
+    assert max(heldout) <= null_max + margin
+    assert null_max + margin < min(candidates.values())
     assert max(heldout) < 0.1
     for name in ("cand_sgd", "cand_short", "cand_noisy"):
         assert candidates[name] > 0.9

@@ -95,4 +95,3 @@ class ResNet(nn.Module):
 def resnet18(num_classes: int = 1000) -> ResNet:
     """torchvision's ``resnet18(weights=None, num_classes=...)``."""
     return ResNet((2, 2, 2, 2), num_classes)
-

@@ -29,8 +29,14 @@ def spectrum(matrix: np.ndarray) -> np.ndarray:
 
 
 def effective_rank(eigenvalues: np.ndarray) -> float:
-    """exp of the Shannon entropy of the normalised positive eigenvalues (Roy & Vetterli 2007)."""
+    """exp of the Shannon entropy of the normalised positive eigenvalues (Roy & Vetterli 2007).
+
+    Eigenvalues within round-off of zero — at most n·ε·λ_max, numpy's ``matrix_rank`` tolerance — count as
+    zero: an eigensolver leaves ~1e-17 where the exact value is 0, and whether it does depends on the BLAS.
+    """
     lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0, None)
+    if lam.size:
+        lam[lam <= lam.max() * lam.size * np.finfo(np.float64).eps] = 0.0
     total = lam.sum()
     if total <= 0:
         return float("nan")
