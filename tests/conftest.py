@@ -1,4 +1,19 @@
-"""Shared fixtures. Threads are pinned before numpy/torch load: two cores oversubscribe easily."""
+"""Shared fixtures. Threads are pinned before numpy/torch load: two cores oversubscribe easily.
+
+Where the time goes, and how this file keeps it down (the whole suite within 6 minutes on 2 cores, and
+`pytest -m "not slow"` within 90 s):
+
+- The demo project (17 trained MLPs, every built-in probe run once: about a minute of CPU) is built **once
+  per test run**, by one real `audit demo` process (`demo_run`); tests copy it before writing anything.
+  Every test that uses it is marked `slow` automatically (`DEMO_FIXTURES` below).
+- Planning, configuration, gates and most CLI behaviour are tested on `mini_project`, a hand-made project
+  of two small MLPs on 240 digits, built in about a second.
+- The CLI runs in this process (`audit_cli`: typer's CliRunner on the real app) unless a test needs a real
+  process: the exit code of the console script, a kill, a lock held by another process, concurrent
+  writers, a plugin found on PYTHONPATH, worker processes dying with their parent (`run_audit`). Starting
+  `audit` costs about 5 s of CPU (torch, scipy and every probe imported), so 99 subprocesses were most of
+  the old suite's time.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +21,18 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# rich decides at import whether it writes escape codes; `pytest -s` in a terminal must not change what
+# the in-process CLI prints (tests that want colours build their own Console with force_terminal=True).
+os.environ.setdefault("TTY_COMPATIBLE", "0")
 
+import random  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
@@ -26,10 +48,67 @@ SUBPROCESS_ENV = {
     "COLUMNS": "200",
     "NO_COLOR": "1",
 }
+CLI_ENV = {
+    "COLUMNS": "200",
+    "NO_COLOR": "1",
+}  # what the in-process CLI sees, as SUBPROCESS_ENV gives a process
+
+# Fixtures that need the demo project (trained models, every probe run once); a test using one is `slow`.
+DEMO_FIXTURES = frozenset({"demo_run", "demo_source", "demo_catalog", "demo_project", "demo_ran"})
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the collected tests in reverse order (finds tests that depend on what ran before them)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if DEMO_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
+# ------------------------------------------------------------------------------------ test isolation
+
+
+@pytest.fixture(autouse=True)
+def _isolated_process_state(tmp_path_factory):
+    """Each test starts from the same process state, whatever ran before it (so any order passes).
+
+    Global RNGs are seeded (a test that forgets its seed is still repeatable), and what loading a
+    project changes is undone: the project folder `audit.sources.import_factory` puts on sys.path, the
+    factory modules imported from it (every test project names its module `demo_models`; a cached one
+    from another project would be used instead), the working directory, torch's threads and dtype.
+    """
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    path, cwd = list(sys.path), os.getcwd()
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    yield
+    sys.path[:] = path
+    os.chdir(cwd)
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    base = str(tmp_path_factory.getbasetemp())
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(base):
+            del sys.modules[name]
+
+
+# ----------------------------------------------------------------------------------------- the CLI
 
 
 def run_audit(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
-    """Run the real `audit` CLI in a subprocess (real exit codes, real catalog files)."""
+    """Run the real `audit` CLI in a subprocess: for what needs a process (see the module docstring)."""
     return subprocess.run(
         [sys.executable, "-m", "audit.cli", *args],
         cwd=cwd,
@@ -40,37 +119,210 @@ def run_audit(*args: str, cwd: Path | None = None, env: dict | None = None, time
     )
 
 
-@pytest.fixture(scope="session")
-def demo_source(tmp_path_factory) -> Path:
-    """The demo project (trained models, data, audit.toml), built once; copy it before writing a catalog."""
-    from audit.demo import build_project
+def cli_app():
+    """The `audit` Typer app with the plugins' commands added, as `audit.cli.main` does once per process."""
+    from audit.cli import app
+    from audit.plugins import plugin_manager
 
-    return build_project(tmp_path_factory.mktemp("demo-src") / "project")
+    if not getattr(app, "_test_plugin_commands", False):
+        plugin_manager().hook.register_commands(app=app)
+        app._test_plugin_commands = True  # type: ignore[attr-defined]
+    return app
+
+
+def audit_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `audit ARGS` in this process and answer like `run_audit`: returncode, stdout, stderr.
+
+    Same parsing, commands, one-line errors and exit codes as the console script (`audit.cli.main` only adds
+    the plugins' commands, done once by `cli_app`). An exception that escapes a command would print a
+    traceback in a real process: it is appended to stderr here, so `"Traceback" not in stderr` means the same.
+    """
+    from typer.testing import CliRunner
+
+    app = cli_app()
+    before = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, list(args), env=CLI_ENV)
+    finally:
+        os.chdir(before)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(
+            traceback.format_exception(result.exception)
+        )
+    return subprocess.CompletedProcess(["audit", *args], result.exit_code, result.stdout, stderr)
+
+
+def copy_project(source: Path, dest: Path, catalog: bool = False) -> Path:
+    """A private copy of a project (with its `.audit/` catalog only if `catalog`)."""
+    ignore = ("__pycache__",) if catalog else (".audit", "__pycache__")
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*ignore))
+    return dest
+
+
+# ------------------------------------------------------------------------------- the demo project
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`audit demo` into an empty folder, once per test run, in a real process: trains every model, runs every
+    installed probe through the default executor (worker processes) and evaluates the gates.
+
+    Returns the project and the finished process (tests/test_demo.py checks its output). Read-only for
+    everyone: copy it (`demo_project`, `demo_ran`) before writing anything.
+    """
+    project = tmp_path_factory.mktemp("demo-run") / "project"
+    r = run_audit("demo", "--dir", str(project), timeout=900)
+    assert r.returncode in (0, 1), r.stderr  # 1: a gate failed, which the reports must show too
+    assert (project / ".audit" / "catalog.duckdb").exists(), r.stderr
+    return project, r
+
+
+@pytest.fixture(scope="session")
+def demo_catalog(demo_run) -> Path:
+    """The demo project after `audit demo` (every installed probe run once): read it, never write to it."""
+    return demo_run[0]
+
+
+@pytest.fixture(scope="session")
+def demo_source(demo_run) -> Path:
+    """The demo project's files (trained models, data, audit.toml); its catalog is there too: copy without it."""
+    return demo_run[0]
 
 
 @pytest.fixture
 def demo_project(demo_source: Path, tmp_path: Path) -> Path:
     """A private copy of the demo project, without a catalog."""
-    import shutil
+    return copy_project(demo_source, tmp_path / "project")
 
-    dest = tmp_path / "project"
-    shutil.copytree(demo_source, dest, ignore=shutil.ignore_patterns(".audit", "__pycache__"))
-    return dest
+
+@pytest.fixture
+def demo_ran(demo_catalog: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo project with its catalog (one run that computed every result)."""
+    return copy_project(demo_catalog, tmp_path / "project", catalog=True)
+
+
+# ------------------------------------------------------------------------------- the mini project
+
+MINI_MODELS = {"mlp_a": {"width": 32, "depth": 2, "seed": 0}, "mlp_b": {"width": 24, "depth": 2, "seed": 1}}
+MINI_SIZES = {"digits_train": 150, "digits_test": 90, "digits_rotated": 90}
+MINI_PROBES = """
+[[probes]]
+probe = "cka"
+models = ["mlp_a"]
+datasets = ["digits_test", "digits_rotated"]
+params = { batch_size = 45 }
+
+[[probes]]
+probe = "cka"
+models = ["mlp_a", "mlp_b"]
+datasets = ["digits_test"]
+params = { batch_size = 45 }
+
+[[gates]]
+name = "every layer has a defined CKA"
+probe = "cka"
+metric = "nonpositive_self_hsic_layers"
+max = 0
+
+[[gates]]
+name = "in-distribution accuracy"
+probe = "cka"
+metric = "accuracy"
+model = "mlp_a"
+dataset = "digits_test"
+min = 0.7
+"""
+
+
+def build_mini_project(directory: Path) -> Path:
+    """The demo's layout in miniature: `demo_models:mlp` factories, two MLPs (widths 32 and 24) trained for a
+    moment on 150 of scikit-learn's digits, an ID split and the same digits rotated by 90° (OOD), two CKA
+    entries (ID/OOD and model × model) and two gates. About a second to build, a second to run."""
+    from importlib import resources
+
+    from safetensors.torch import save_file
+    from sklearn.datasets import load_digits
+
+    directory.mkdir(parents=True)
+    (directory / "models").mkdir()
+    (directory / "data").mkdir()
+    factory_source = (resources.files("audit") / "templates" / "demo_models.py").read_text()
+    (directory / "demo_models.py").write_text(factory_source)
+    digits = load_digits()
+    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(x))[:240]
+    xtr, ytr, xte, yte = x[order[:150]], y[order[:150]], x[order[150:]], y[order[150:]]
+    rotated = np.rot90(xte.reshape(-1, 8, 8), k=1, axes=(1, 2)).reshape(-1, 64).copy()
+    for name, (xs, ys) in {
+        "digits_train": (xtr, ytr),
+        "digits_test": (xte, yte),
+        "digits_rotated": (rotated, yte),
+    }.items():
+        np.savez(directory / "data" / f"{name}.npz", x=xs, y=ys)
+    namespace: dict = {}
+    exec(compile(factory_source, "demo_models.py", "exec"), namespace)
+    text = 'catalog = ".audit/catalog.duckdb"\nseed = 0\n\n'
+    for name, m in MINI_MODELS.items():
+        model = _train_briefly(namespace["mlp"], xtr, ytr, m)
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            str(directory / "models" / f"{name}.safetensors"),
+        )
+        text += (
+            f'[models.{name}]\nfactory = "demo_models:mlp"\nkwargs = {{ width = {m["width"]}, depth = {m["depth"]} }}\n'
+            f'weights = "models/{name}.safetensors"\n\n'
+        )
+    for name in MINI_SIZES:
+        text += f'[datasets.{name}]\npath = "data/{name}.npz"\ninputs = "x"\ntargets = "y"\n\n'
+    (directory / "audit.toml").write_text(text + MINI_PROBES)
+    return directory
+
+
+def _train_briefly(factory, x: np.ndarray, y: np.ndarray, m: dict) -> torch.nn.Module:
+    """60 full-batch Adam steps from a seeded init (the global RNG is left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(m["seed"])
+        model = factory(width=m["width"], depth=m["depth"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    return model.eval()
 
 
 @pytest.fixture(scope="session")
-def demo_catalog(demo_source: Path, tmp_path_factory) -> Path:
-    """A copy of the demo project after `audit demo` (every installed probe run once), shared by the tests
-    that only read its catalog (reports, `audit show`): copy it before writing anything."""
-    import shutil
+def mini_source(tmp_path_factory) -> Path:
+    """The mini project, built once per test run, without a catalog: copy it (`mini_project`) to write."""
+    return build_mini_project(tmp_path_factory.mktemp("mini") / "project")
 
-    dest = tmp_path_factory.mktemp("demo-run") / "project"
-    shutil.copytree(demo_source, dest, ignore=shutil.ignore_patterns(".audit", "__pycache__"))
-    r = run_audit("demo", "--dir", str(dest), timeout=600)
-    assert r.returncode in (0, 1), r.stderr  # 1: a gate failed, which the reports must show too
-    assert (dest / ".audit" / "catalog.duckdb").exists(), r.stderr
-    return dest
 
+@pytest.fixture
+def mini_project(mini_source: Path, tmp_path: Path) -> Path:
+    """A private copy of the mini project, without a catalog."""
+    return copy_project(mini_source, tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def mini_catalog(mini_source: Path, tmp_path_factory) -> Path:
+    """The mini project after one in-process `audit run` (3 CKA results): read it, never write to it."""
+    project = copy_project(mini_source, tmp_path_factory.mktemp("mini-ran") / "project")
+    r = audit_cli("run", "--executor", "inline", cwd=project)
+    assert r.returncode == 0, r.stderr
+    return project
+
+
+@pytest.fixture
+def mini_ran(mini_catalog: Path, tmp_path: Path) -> Path:
+    """A private copy of the mini project with its catalog (one run that computed both CKA jobs)."""
+    return copy_project(mini_catalog, tmp_path / "project", catalog=True)
+
+
+# ------------------------------------------------------------------------------------------ examples
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 _GENERATED = ("data", "models", ".audit", "*.html", "__pycache__")
@@ -78,8 +330,6 @@ _GENERATED = ("data", "models", ".audit", "*.html", "__pycache__")
 
 def run_example_quick(name: str, tmp_path: Path) -> Path:
     """A private copy of examples/<name> after `python make_data.py --quick && audit run` (the reduced version)."""
-    import shutil
-
     dest = tmp_path / name
     shutil.copytree(EXAMPLES / name, dest, ignore=shutil.ignore_patterns(*_GENERATED))
     made = subprocess.run(

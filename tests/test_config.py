@@ -11,7 +11,7 @@ import pytest
 from audit.config import DEFAULT_CATALOG, Config, DatasetSpec, GateSpec, ModelSpec, ProbeEntry, load_config
 from audit.errors import ConfigError, UsageError
 from audit.plugins import installed_probes
-from conftest import run_audit
+from conftest import audit_cli
 
 CKA_DEFAULTS = {
     "layers": [],
@@ -598,7 +598,7 @@ def test_gate_naming_an_unknown_dataset(tmp_path, probes):
 )
 def test_cli_reports_a_config_error_as_one_line_exit_2(tmp_path, text, key, fragment):
     bad = write(tmp_path, text, name="BAD.toml")
-    proc = run_audit("run", "--config", str(bad), cwd=tmp_path)
+    proc = audit_cli("run", "--config", str(bad), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()
@@ -784,7 +784,7 @@ def test_gate_pattern_errors(family, probes, gate, key, fragment):
 
 def test_cli_reports_a_pattern_that_matches_no_file_as_one_line_exit_2(tmp_path):
     bad = write(tmp_path, '[models.seed]\nfactory = "x:y"\nweights = "models/seed_*.safetensors"\n')
-    proc = run_audit("run", "--config", str(bad), cwd=tmp_path)
+    proc = audit_cli("run", "--config", str(bad), cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: {bad}: models.seed.weights: pattern 'models/seed_*.safetensors'")

@@ -1,16 +1,19 @@
-"""`audit demo`, the quick start's main job, end to end in a subprocess."""
+"""`audit demo`, the quick start's main job, end to end.
+
+The first `audit demo` of the session (`demo_run` in conftest.py: an empty folder, every model trained,
+every probe run) is the one checked here; the other demo tests read or copy what it left.
+"""
 
 from __future__ import annotations
 
 import json
 import tomllib
 
-from conftest import run_audit
+from conftest import audit_cli, copy_project
 
 
-def test_demo_builds_the_project_runs_every_probe_and_shows_results_and_gates(tmp_path):
-    project = tmp_path / "demo"
-    first = run_audit("demo", "--dir", str(project))
+def test_demo_builds_the_project_runs_every_probe_and_shows_results_and_gates(demo_run):
+    project, first = demo_run
     assert first.returncode == 0, first.stderr
     assert "key metrics" in first.stdout and "gates" in first.stdout
     assert "7 computed, 0 reused" in first.stderr
@@ -26,20 +29,18 @@ def test_demo_builds_the_project_runs_every_probe_and_shows_results_and_gates(tm
     }  # every installed probe with a demo entry
     assert (project / "models" / "mlp_a.safetensors").exists()
 
-    rows = json.loads(
-        run_audit(
-            "query",
-            "select dataset, value from latest_metrics where metric = 'accuracy' and model = 'mlp_a'",
-            "--format",
-            "json",
-            cwd=project,
-        ).stdout
-    )
+    query = "select dataset, value from latest_metrics where metric = 'accuracy' and model = 'mlp_a'"
+    rows = json.loads(audit_cli("query", query, "--format", "json", cwd=project).stdout)
     accuracy = {r["dataset"]: r["value"] for r in rows}
     assert accuracy["digits_test"] > 0.9  # a real model on real data ...
     assert accuracy["digits_rotated"] < 0.5  # ... that fails out of distribution
 
-    again = run_audit("demo", "--dir", str(project))
-    assert again.returncode == 0 and "0 computed, 7 reused" in again.stderr
+
+def test_a_second_demo_keeps_the_weights_and_reuses_every_result(demo_catalog, tmp_path):
+    project = copy_project(
+        demo_catalog, tmp_path / "demo", catalog=True
+    )  # the session's demo stays as it was
+    again = audit_cli("demo", "--dir", str(project))
+    assert again.returncode == 0 and "0 computed, 7 reused" in again.stderr, again.stderr
     assert "trained" not in again.stderr  # existing weights are kept, so results are reused
-    assert run_audit("gate", cwd=project).returncode == 0
+    assert audit_cli("gate", cwd=project).returncode == 0

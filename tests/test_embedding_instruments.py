@@ -226,16 +226,15 @@ def test_minilm_loads_offline_from_the_package_files(minilm, monkeypatch):
 
 def test_minilm_pooled_layers_are_masked_means_for_capture(minilm):
     """pooled.k (captured by name) is the attention-masked mean of layer k: padding does not leak in."""
-    from audit.capture import hooked
+    from audit.capture import Capture
 
     texts = [PARAPHRASES[0], UNRELATED]
     narrow = torch.from_numpy(inst.minilm_tokenize(texts))
     x = torch.from_numpy(inst.minilm_tokenize(texts, pad_to=40))
-    with hooked(minilm, ["pooled.3", "encoder.layer.2", "pooled.6"]) as store, torch.no_grad():
-        out = minilm(x)
+    with Capture(minilm, ["pooled.3", "encoder.layer.2", "pooled.6"]) as capture:
+        store, out = capture.forward(x)
         layer2, pooled3, pooled6 = store["encoder.layer.2"], store["pooled.3"], store["pooled.6"]
-        minilm(narrow[:1, :, : int(narrow[0, 1].sum())])  # the first text alone, no padding at all
-        alone = store["pooled.3"]
+        alone = capture.forward(narrow[:1, :, : int(narrow[0, 1].sum())])[0]["pooled.3"]  # no padding at all
     assert pooled3.shape == (2, 384)
     mask = x[:, 1, : layer2.shape[1]].unsqueeze(-1).float()
     torch.testing.assert_close(pooled3, (layer2 * mask).sum(1) / mask.sum(1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,11 @@ from model_audit_probes.entk.forensics import (
 D = 400
 
 
-@pytest.fixture(scope="module", params=[0, 1])
+# 3–5 s per seed: the full suite only; tests/test_entk_forensics_cli.py checks the same separations on a
+# smaller instance (d = h = n = 300, seed 0) in `-m "not slow"` too
+@pytest.fixture(
+    scope="module", params=[pytest.param(0, marks=pytest.mark.slow), pytest.param(1, marks=pytest.mark.slow)]
+)
 def table(request) -> dict[str, dict[str, float]]:
     return run_experiment(d=D, h=D, n=D, steps=600, seed=request.param)
 
@@ -75,7 +81,8 @@ def test_teacher_data_and_student():
     assert abs(float(quad.mean())) < 0.05
     model = TwoLayer(50, 60, seed=0)
     assert model.hidden.weight.shape == (60, 50)
-    assert float(model.hidden.weight.detach().var()) == pytest.approx(1 / 50, rel=0.1)
+    # the sample variance of 3000 N(0, 1/50) weights (seed 0) has relative sd √(2/2999) ≈ 0.026: 4 sd margin
+    assert float(model.hidden.weight.detach().var()) == pytest.approx(1 / 50, rel=4 * math.sqrt(2 / 2999))
     assert not model.readout.weight.requires_grad
     w0 = model.hidden.weight.detach().clone()
     trained = train(model, x[:200], y[:200], "sgd_small", steps=5, seed=0)

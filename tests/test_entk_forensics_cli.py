@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.plugins import plugin_manager
+from conftest import cli_app
 from model_audit_probes.entk.forensics import EXPECTED, OPTIMIZERS, run_experiment
 
 # The smallest instance that still separates with margin: at d = h = n = 300 and 600 steps, seeds 0–11 all
@@ -21,8 +21,7 @@ SMALL = ["--dim", "300", "--width", "300", "--samples", "300", "--steps", "600",
 @pytest.fixture(scope="module")
 def runner() -> CliRunner:
     """The `audit` app with the plugins' commands registered, as `audit.cli.main` does (once per process)."""
-    if not any(c.name == "entk-forensics" for c in app.registered_commands):
-        plugin_manager().hook.register_commands(app=app)
+    cli_app()
     return CliRunner()
 
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import run_audit, run_example_quick
+import pytest
+
+from conftest import audit_cli, run_example_quick
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "01_cka_ood"
+# each builds an example (make_data.py --quick trains its models) and runs `audit run` on it: 30–90 s
+pytestmark = pytest.mark.slow
 
 
 def _quick_run(tmp_path: Path) -> Path:
@@ -24,7 +28,7 @@ def _quick_run(tmp_path: Path) -> Path:
 def _cka_metrics(dest: Path) -> dict[tuple[str, str, str], float]:
     """(model, dataset, metric) → value of the latest cka results; delta_* rows carry the job's 'id,ood' label."""
     sql = "select model, dataset, metric, value from latest_metrics where probe = 'cka'"
-    r = run_audit("query", "--format", "json", sql, cwd=dest)
+    r = audit_cli("query", "--format", "json", sql, cwd=dest)
     assert r.returncode == 0, r.stderr
     return {(row["model"], row["dataset"], row["metric"]): row["value"] for row in json.loads(r.stdout)}
 
@@ -58,7 +62,7 @@ def test_block_structure_marks_the_failing_direction(tmp_path):
     assert delta("cnn_simba", "offdiag_skew") < delta("cnn_tng", "offdiag_skew")  # −0.20 vs +0.14
 
     # The report draws the ID | OOD matrices from the stored arrays.
-    r = run_audit("report", "--out", "report.html", cwd=dest)
+    r = audit_cli("report", "--out", "report.html", cwd=dest)
     assert r.returncode == 0, r.stderr
     html = (dest / "report.html").read_text()
     assert "<img" in html and "figure failed" not in html

@@ -14,9 +14,13 @@ import json
 from pathlib import Path
 from statistics import mean
 
-from conftest import run_audit, run_example_quick
+import pytest
+
+from conftest import audit_cli, run_example_quick
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "04_entk_linearisation"
+# each builds an example (make_data.py --quick trains its models) and runs `audit run` on it: 30–90 s
+pytestmark = pytest.mark.slow
 REPLICATES = range(5)
 
 
@@ -29,7 +33,7 @@ def _accuracies(dest: Path) -> dict[tuple[str, str, str], float]:
         "select model, dataset, metric, value from latest_metrics where probe = 'entk' "
         "and metric in ('network_accuracy', 'kernel_regression_accuracy')"
     )
-    r = run_audit("query", "--format", "json", sql, cwd=dest)
+    r = audit_cli("query", "--format", "json", sql, cwd=dest)
     assert r.returncode == 0, r.stderr
     return {(row["model"], row["dataset"], row["metric"]): row["value"] for row in json.loads(r.stdout)}
 
@@ -65,7 +69,7 @@ def test_entk_tracks_fine_tuning_in_distribution(tmp_path):
     # Not reproduced reliably (README): eNTK vs fine-tuning OOD; only bounded (quick: +0.006, −0.006, −0.007).
     assert abs(avg("entk", "target_rotated") - avg("ft", "target_rotated")) < 0.08
 
-    r = run_audit("report", "--out", "report.html", "--model", "pre/seed_0", cwd=dest)
+    r = audit_cli("report", "--out", "report.html", "--model", "pre/seed_0", cwd=dest)
     assert r.returncode == 0, r.stderr
     html = (dest / "report.html").read_text()
     assert "<img" in html and "figure failed" not in html

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_audit, run_example_quick
+from conftest import audit_cli, run_example_quick
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# each builds an example (make_data.py --quick trains its models) and runs `audit run` on it: 30–90 s
+pytestmark = pytest.mark.slow
 
 
 def _run_example(name: str, tmp_path: Path) -> Path:
@@ -27,13 +29,13 @@ def _run_example(name: str, tmp_path: Path) -> Path:
 def _metrics(dest: Path, where: str) -> dict[tuple[str, str, str], float]:
     """(model, dataset, metric) → value of the latest results matching a SQL condition."""
     sql = f"select model, dataset, metric, value from latest_metrics where {where}"
-    r = run_audit("query", "--format", "json", sql, cwd=dest)
+    r = audit_cli("query", "--format", "json", sql, cwd=dest)
     assert r.returncode == 0, r.stderr
     return {(row["model"], row["dataset"], row["metric"]): row["value"] for row in json.loads(r.stdout)}
 
 
 def _report_has_figures(dest: Path) -> None:
-    r = run_audit("report", "--out", "report.html", cwd=dest)
+    r = audit_cli("report", "--out", "report.html", cwd=dest)
     assert r.returncode == 0, r.stderr
     html = (dest / "report.html").read_text()
     assert "<img" in html and "figure failed" not in html
@@ -58,7 +60,7 @@ def test_optimizer_forensics(tmp_path):
     assert stat("sgd_large", "w[hidden.weight].alpha") < stat("gd", "w[hidden.weight].alpha")  # 2.2 vs 7.3
     ranks = {o: stat(o, "w[update].stable_rank") for o in spikes}  # 1.4, 1.4, 13.5, 20.1
     assert ranks["adam"] > 8 > 2 > max(ranks["gd"], ranks["sgd_small"])
-    gates = run_audit("gate", cwd=dest)
+    gates = audit_cli("gate", cwd=dest)
     assert gates.returncode == 0, gates.stdout
     _report_has_figures(dest)
 

@@ -15,7 +15,7 @@ from audit.catalog import Catalog, StoredResult
 from audit.errors import UsageError
 from audit.exchange import export_catalog, import_catalog, import_catalogs
 from audit.migrations import MIGRATIONS
-from conftest import run_audit
+from conftest import audit_cli
 
 TABLES = ("runs", "run_ends", "models", "datasets", "results", "metric_values", "arrays", "model_outputs")
 PAYLOAD_NAN = np.frombuffer(np.uint64(0x7FF8_0000_0000_0001).tobytes(), dtype=np.float64)[0]
@@ -186,13 +186,13 @@ def test_export_of_one_run_holds_only_its_rows(source, tmp_path):
 
 def test_cli_export_with_a_run_prefix_and_import(source, tmp_path):
     src, ids = source
-    r = run_audit(
+    r = audit_cli(
         "catalog", "export", str(tmp_path / "out"), "--catalog", str(src.path), "--run", ids["run1"][:8]
     )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["run_ids"] == [ids["run1"]]
     target = tmp_path / "dst.duckdb"
-    r = run_audit("catalog", "import", str(tmp_path / "out"), str(tmp_path / "out"), "--catalog", str(target))
+    r = audit_cli("catalog", "import", str(tmp_path / "out"), str(tmp_path / "out"), "--catalog", str(target))
     assert r.returncode == 0, r.stderr
     assert "results" in r.stdout and "imported 2 directories" in r.stdout
     assert Catalog(target).query("select count(*) from results")[1] == [(3,)]
@@ -206,14 +206,14 @@ def test_a_corrupt_parquet_file_is_one_line_exit_2_and_changes_nothing(source, t
     import_catalog(Catalog(target), worker)
     before = snapshot(Catalog(target))
     (tmp_path / "export" / "metric_values.parquet").write_bytes(b"PAR1 not really parquet")
-    r = run_audit("catalog", "import", str(worker), str(tmp_path / "export"), "--catalog", str(target))
+    r = audit_cli("catalog", "import", str(worker), str(tmp_path / "export"), "--catalog", str(target))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "metric_values.parquet" in lines[0]
     assert "Traceback" not in r.stderr
     assert snapshot(Catalog(target)) == before
     fresh = tmp_path / "fresh" / "catalog.duckdb"
-    assert run_audit("catalog", "import", str(tmp_path / "export"), "--catalog", str(fresh)).returncode == 2
+    assert audit_cli("catalog", "import", str(tmp_path / "export"), "--catalog", str(fresh)).returncode == 2
     assert not fresh.exists()  # refused before the catalog was created
 
 
@@ -291,7 +291,7 @@ def test_cli_refuses_a_newer_schema_in_one_line(source, tmp_path):
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     manifest["schema_version"] = len(MIGRATIONS) + 5
     (tmp_path / "export" / "manifest.json").write_text(json.dumps(manifest))
-    r = run_audit("catalog", "import", str(tmp_path / "export"), "--catalog", str(tmp_path / "dst.duckdb"))
+    r = audit_cli("catalog", "import", str(tmp_path / "export"), "--catalog", str(tmp_path / "dst.duckdb"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "newer than this model-audit" in r.stderr
     assert not (tmp_path / "dst.duckdb").exists()

@@ -19,7 +19,7 @@ import pytest
 
 from audit.catalog import Catalog
 from chaos_plugin import chaos_project, install_chaos_plugin
-from conftest import SUBPROCESS_ENV, run_audit
+from conftest import SUBPROCESS_ENV, audit_cli, run_audit
 
 N_LOAD = 200
 
@@ -31,7 +31,8 @@ def chaos_env(tmp_path_factory) -> dict[str, str]:
 
 
 def rows(config: Path, sql: str, env) -> list[dict]:
-    r = run_audit("query", sql, "--format", "json", "--config", str(config), env=env)
+    """A query on the run's catalog (in this process: reading needs no plugin)."""
+    r = audit_cli("query", sql, "--format", "json", "--config", str(config))
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -65,6 +66,7 @@ def assert_each_exactly_once(config: Path, env, n: int) -> dict[int, list[dict]]
 # ------------------------------------------------------------------------------------------------ load
 
 
+@pytest.mark.slow  # real `audit run` processes and worker pools
 def test_local_pool_runs_200_jobs_each_exactly_once_and_a_rerun_reuses_them(tmp_path, chaos_env):
     config = chaos_project(tmp_path / "p", ["ok"] * N_LOAD)
     ran = run_audit("run", "--config", str(config), "--workers", "2", env=chaos_env)
@@ -76,6 +78,7 @@ def test_local_pool_runs_200_jobs_each_exactly_once_and_a_rerun_reuses_them(tmp_
     assert again.returncode == 0 and f"0 computed, {N_LOAD} reused" in again.stderr
 
 
+@pytest.mark.slow  # real `audit run` processes and worker pools
 def test_ray_runs_200_jobs_each_exactly_once(tmp_path, chaos_env):
     pytest.importorskip("ray")
     executor = '[executor]\nname = "ray"\nnum_cpus = 2\n'
@@ -90,6 +93,7 @@ def test_ray_runs_200_jobs_each_exactly_once(tmp_path, chaos_env):
 # ---------------------------------------------------------------------------------------------- faults
 
 
+@pytest.mark.slow  # real `audit run` processes and worker pools
 def test_a_worker_killed_mid_job_is_retried_and_one_that_keeps_dying_is_recorded(tmp_path, chaos_env):
     modes = ["ok", "kill_once", "ok", "kill_always", "raise", "ok"]
     config = chaos_project(tmp_path / "p", modes)
@@ -109,6 +113,7 @@ def test_a_worker_killed_mid_job_is_retried_and_one_that_keeps_dying_is_recorded
     assert keys == []
 
 
+@pytest.mark.slow  # real `audit run` processes and worker pools
 def test_ray_retries_a_killed_worker(tmp_path, chaos_env):
     pytest.importorskip("ray")
     executor = '[executor]\nname = "ray"\nnum_cpus = 2\nmax_retries = 1\n'
@@ -121,6 +126,7 @@ def test_ray_retries_a_killed_worker(tmp_path, chaos_env):
     assert len(errors) == 1 and "WorkerDied" in errors[0]["error"]
 
 
+@pytest.mark.slow  # real `audit run` processes and worker pools
 def test_out_of_memory_retries_with_a_smaller_batch(tmp_path, chaos_env):
     config = chaos_project(tmp_path / "p", ["oom", "ok"])
     ran = run_audit("run", "--config", str(config), "--workers", "1", env=chaos_env)
@@ -131,6 +137,7 @@ def test_out_of_memory_retries_with_a_smaller_batch(tmp_path, chaos_env):
     assert by[1][0]["bs"] == 64.0
 
 
+@pytest.mark.slow  # real `audit run` processes and worker pools
 def test_killing_the_driver_leaves_no_orphan_workers_and_the_rerun_completes(tmp_path, chaos_env):
     config = chaos_project(tmp_path / "p", ["ok"] * 12, sleep=0.6)
     proc = subprocess.Popen(
@@ -190,14 +197,16 @@ def _alive(pid: int) -> bool:
         (["--partition", "3/2"], "", "--partition: expected K/N with 1 <= K <= N"),
     ],
 )
-def test_executor_errors_are_one_line_exit_2(tmp_path, chaos_env, args, table, message):
-    config = chaos_project(tmp_path / "p", ["ok"], executor=table)
-    ran = run_audit("run", "--config", str(config), *args, env=chaos_env)
+def test_executor_errors_are_one_line_exit_2(mini_project, args, table, message):
+    config = mini_project / "audit.toml"
+    config.write_text(config.read_text() + "\n" + table)  # a table after the [[gates]]: still top level
+    ran = audit_cli("run", "--config", str(config), *args)
     assert ran.returncode == 2
     assert len(ran.stderr.strip().splitlines()) == 1 and message in ran.stderr, ran.stderr
-    assert not (tmp_path / "p" / ".audit").exists()  # nothing ran, nothing written
+    assert not (mini_project / ".audit").exists()  # nothing ran, nothing written
 
 
+@pytest.mark.slow  # real `audit run` processes and worker pools
 def test_partitions_split_the_jobs_exactly_once(tmp_path, chaos_env):
     config = chaos_project(tmp_path / "p", ["ok"] * 30)
     seen: list[int] = []
@@ -210,14 +219,14 @@ def test_partitions_split_the_jobs_exactly_once(tmp_path, chaos_env):
         assert ran.returncode == 0, ran.stderr
         got = Catalog(catalog).query("select value from metric_values where metric = 'k'")[1]
         seen += [int(r[0]) for r in got]
-        exported = run_audit("catalog", "export", str(tmp_path / f"shard{k}"), "--catalog", str(catalog))
+        exported = audit_cli("catalog", "export", str(tmp_path / f"shard{k}"), "--catalog", str(catalog))
         assert exported.returncode == 0, exported.stderr
     assert sorted(seen) == list(range(30))
     # separate storage: each node exported its catalog; the shards merge into one, idempotently
     merged = tmp_path / "merged.duckdb"
     shards = [str(tmp_path / f"shard{k}") for k in (1, 2, 3)]
     for _ in range(2):  # importing the same shards twice changes nothing
-        imported = run_audit("catalog", "import", *shards, "--catalog", str(merged))
+        imported = audit_cli("catalog", "import", *shards, "--catalog", str(merged))
         assert imported.returncode == 0, imported.stderr
         counts = Catalog(merged).query(
             "select count(*), count(distinct cache_key), count(distinct run_id) from results"
@@ -226,7 +235,7 @@ def test_partitions_split_the_jobs_exactly_once(tmp_path, chaos_env):
 
 
 def test_audit_executors_lists_the_builtins_and_their_options():
-    listed = run_audit("executors", "--format", "json")
+    listed = audit_cli("executors", "--format", "json")
     assert listed.returncode == 0, listed.stderr
     found = {e["name"]: e for e in json.loads(listed.stdout)}
     assert {"inline", "local", "ray"} <= set(found)

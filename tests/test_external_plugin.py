@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import run_audit
+import pytest
+
+from conftest import MINI_SIZES, audit_cli, run_audit
 from external_plugin import install_external_plugin
 
 
-def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_project, tmp_path):
+@pytest.mark.slow  # a plugin found on PYTHONPATH by a fresh process: `audit probes`, `run`, `query`, its command
+def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(mini_project, tmp_path):
     site = install_external_plugin(tmp_path / "site")
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
@@ -32,7 +35,7 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
         "mlp_b",
         *("--data", "digits_train", "--data", "digits_test", "--data", "digits_rotated"),
         "--config",
-        str(demo_project / "audit.toml"),
+        str(mini_project / "audit.toml"),
         env=env,
     )
     assert ran.returncode == 0, ran.stderr
@@ -44,24 +47,25 @@ def test_external_probe_is_listed_and_runs_with_no_change_to_the_core(demo_proje
         "--format",
         "json",
         "--config",
-        str(demo_project / "audit.toml"),
+        str(mini_project / "audit.toml"),
         env=env,
     )
     rows = {(r["model"], r["dataset"]): r["value"] for r in json.loads(q.stdout)}
     assert set(rows) == {
         (m, d) for m in ("mlp_a", "mlp_b") for d in ("digits_train", "digits_test", "digits_rotated")
     }
+    n_test, n_train = MINI_SIZES["digits_test"], MINI_SIZES["digits_train"]
     assert (
-        rows[("mlp_a", "digits_test")] == rows[("mlp_b", "digits_rotated")] == 540 * 10
-    )  # 540 test digits × 10
-    assert rows[("mlp_a", "digits_train")] == 1257 * 10
+        rows[("mlp_a", "digits_test")] == rows[("mlp_b", "digits_rotated")] == n_test * 10
+    )  # outputs counted
+    assert rows[("mlp_a", "digits_train")] == n_train * 10
 
     # plugins may add commands too (register_commands gets the Typer app)
     added = run_audit("output-mean-info", env=env)
     assert added.returncode == 0 and added.stdout.strip() == "output_mean plugin, version 0.3.0"
 
-    # without the plugin on the path the probe is simply not there
-    assert "output_mean" not in run_audit("probes", "--format", "json").stdout
+    # without the plugin on the path (as in this process) the probe is simply not there
+    assert "output_mean" not in audit_cli("probes", "--format", "json").stdout
 
 
 def test_the_core_never_imports_a_probe():
@@ -83,6 +87,7 @@ def test_the_core_never_imports_a_probe():
     assert offenders == []
 
 
+@pytest.mark.slow  # a fresh process that finds a broken plugin on PYTHONPATH
 def test_a_broken_plugin_is_a_warning_not_a_crash(tmp_path):
     site = tmp_path / "site"
     info = site / "broken_probe-1.0.dist-info"

@@ -10,9 +10,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from audit.catalog import Catalog
-from conftest import SUBPROCESS_ENV, run_audit
+from conftest import SUBPROCESS_ENV, audit_cli, run_audit
 from external_plugin import install_external_plugin
+
+# every test here needs real processes: a run killed mid-way, two runs at once, a plugin on PYTHONPATH
+pytestmark = pytest.mark.slow
 
 SLOW_ENTRY = (
     '\n[[probes]]\nprobe = "output_mean"\nmodels = ["mlp_a", "mlp_b"]\ndatasets = ["digits_test", "digits_rotated"]\n'
@@ -20,34 +25,34 @@ SLOW_ENTRY = (
 )
 
 
-def slow_project(demo_project, tmp_path, sleep: float, extra: str = ""):
-    """The demo project with only the external `output_mean` probe: 2 models × 2 datasets = 4 jobs."""
+def slow_project(mini_project, tmp_path, sleep: float, extra: str = ""):
+    """The mini project with only the external `output_mean` probe: 2 models × 2 datasets = 4 jobs."""
     site = install_external_plugin(tmp_path / "site")
-    config = demo_project / "audit.toml"
+    config = mini_project / "audit.toml"
     text = config.read_text()
-    text = text[: text.index("[[probes]]")]  # drop the demo's cka entries and gates
+    text = text[: text.index("[[probes]]")]  # drop the cka entries and gates
     config.write_text(text + SLOW_ENTRY.format(sleep=sleep, extra=extra))
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     return config, env
 
 
 def results(config) -> list[dict]:
-    r = run_audit(
+    r = audit_cli(
         "query", "select cache_key, status, run_id from results", "--format", "json", "--config", str(config)
     )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
 
-def test_killing_audit_run_mid_way_then_rerunning_completes_without_duplicates(demo_project, tmp_path):
-    config, env = slow_project(demo_project, tmp_path, sleep=1.5)
+def test_killing_audit_run_mid_way_then_rerunning_completes_without_duplicates(mini_project, tmp_path):
+    config, env = slow_project(mini_project, tmp_path, sleep=1.5)
     proc = subprocess.Popen(
         [sys.executable, "-m", "audit.cli", "run", "--config", str(config)],
         env={**SUBPROCESS_ENV, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    catalog = Catalog(demo_project / ".audit" / "catalog.duckdb", wait_s=30)
+    catalog = Catalog(mini_project / ".audit" / "catalog.duckdb", wait_s=30)
     deadline = time.monotonic() + 120
     done = 0
     while time.monotonic() < deadline and proc.poll() is None:
@@ -70,7 +75,7 @@ def test_killing_audit_run_mid_way_then_rerunning_completes_without_duplicates(d
     assert f"{4 - len(killed)} computed, {len(killed)} reused" in again.stderr
     final = results(config)
     assert len(final) == 4 and len({r["cache_key"] for r in final}) == 4
-    runs = run_audit(
+    runs = audit_cli(
         "query",
         "select status from run_summary order by started_at",
         "--format",
@@ -81,8 +86,8 @@ def test_killing_audit_run_mid_way_then_rerunning_completes_without_duplicates(d
     assert runs.stdout.split() == ["status", "interrupted", "ok"]
 
 
-def test_two_concurrent_runs_store_every_result_exactly_once(demo_project, tmp_path):
-    config, env = slow_project(demo_project, tmp_path, sleep=0.3)
+def test_two_concurrent_runs_store_every_result_exactly_once(mini_project, tmp_path):
+    config, env = slow_project(mini_project, tmp_path, sleep=0.3)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "audit.cli", "run", "--config", str(config)],
@@ -99,16 +104,16 @@ def test_two_concurrent_runs_store_every_result_exactly_once(demo_project, tmp_p
     ok = [r for r in final if r["status"] == "ok"]
     assert len(ok) == 4 and len({r["cache_key"] for r in ok}) == 4
     # a reader during neither run still works
-    assert run_audit("query", "select count(*) from metrics", "--config", str(config)).returncode == 0
+    assert audit_cli("query", "select count(*) from metrics", "--config", str(config)).returncode == 0
 
 
-def test_a_probe_that_raises_records_its_error_and_the_run_continues(demo_project, tmp_path):
-    config, env = slow_project(demo_project, tmp_path, sleep=0, extra=', fail_on = "mlp_b"')
+def test_a_probe_that_raises_records_its_error_and_the_run_continues(mini_project, tmp_path):
+    config, env = slow_project(mini_project, tmp_path, sleep=0, extra=', fail_on = "mlp_b"')
     r = run_audit("run", "--config", str(config), env=env)
     assert r.returncode == 1
     assert "2 computed, 0 reused from the catalog, 2 failed" in r.stderr
     rows = json.loads(
-        run_audit(
+        audit_cli(
             "query",
             "select status, error from results order by status",
             "--format",

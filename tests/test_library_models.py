@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from audit.config import ModelSpec, load_config
 from audit.errors import ConfigError, UsageError
 from audit.sources import load_model, model_fingerprint
-from conftest import run_audit
+from conftest import audit_cli
 
 try:
     import transformers
@@ -386,15 +386,10 @@ def test_a_library_that_fails_to_import_is_one_line_with_its_first_error_line(tm
     )
 
 
-SITECUSTOMIZE = "import sys\nsys.modules['torchvision'] = None  # as if torchvision were not installed\n"
-
-
-def test_the_cli_reports_a_missing_library_in_one_line_exit_2_and_writes_nothing(tmp_path):
-    (tmp_path / "hide").mkdir()
-    (tmp_path / "hide" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+def test_the_cli_reports_a_missing_library_in_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as if torchvision were not installed
     path = config(tmp_path, '[models.r18]\ntorchvision = "resnet18"\n')
-    pythonpath = os.pathsep.join(p for p in (str(tmp_path / "hide"), os.environ.get("PYTHONPATH")) if p)
-    r = run_audit("run", "--config", str(path), cwd=tmp_path, env={"PYTHONPATH": pythonpath})
+    r = audit_cli("run", "--config", str(path), cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert lines == [

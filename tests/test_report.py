@@ -21,7 +21,7 @@ import pytest
 
 from audit.catalog import Catalog, StoredResult
 from audit.report import select_results
-from conftest import run_audit
+from conftest import audit_cli, run_audit
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -48,7 +48,7 @@ def report(demo_catalog: Path, tmp_path_factory) -> tuple[Path, str, object]:
     """The report of the demo project, built once with its audit.toml (gates) from inside the project."""
     out = tmp_path_factory.mktemp("report") / "sub" / "report.html"
     before = sha(catalog_of(demo_catalog))
-    r = run_audit("report", "--out", str(out), cwd=demo_catalog)
+    r = audit_cli("report", "--out", str(out), cwd=demo_catalog)
     assert r.returncode == 0, r.stderr
     assert sha(catalog_of(demo_catalog)) == before  # read-only: the catalog is not touched
     return out, out.read_text(encoding="utf-8"), r
@@ -97,14 +97,14 @@ def test_report_is_one_self_contained_file_with_summary_gates_and_a_section_per_
 def test_report_filters_by_run_model_and_probe(demo_catalog, tmp_path):
     cat = catalog_of(demo_catalog)
     out = tmp_path / "r.html"
-    r = run_audit("report", "--catalog", str(cat), "--probe", "cka", "--model", "mlp_b", "--out", str(out))
+    r = audit_cli("report", "--catalog", str(cat), "--probe", "cka", "--model", "mlp_b", "--out", str(out))
     assert r.returncode == 0, r.stderr
     html = out.read_text()
     assert 'id="probe-cka"' in html and 'id="probe-entk"' not in html
     assert html.count('<article class="result"') == 1  # only the mlp_a × mlp_b job names mlp_b
     assert "no gates configured" in html  # no audit.toml in the working directory
     _, runs = Catalog(cat).query("select run_id from runs")
-    r = run_audit("report", "--catalog", str(cat), "--run", runs[0][0][:6], "--out", str(out))
+    r = audit_cli("report", "--catalog", str(cat), "--run", runs[0][0][:6], "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert f"results computed in run {runs[0][0]}" in out.read_text()
 
@@ -120,14 +120,14 @@ def test_report_filters_by_run_model_and_probe(demo_catalog, tmp_path):
         (["--out", "{tmp}/file.txt/report.html"], "is not a directory"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(demo_catalog, tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(mini_catalog, tmp_path, args, message):
     (tmp_path / "file.txt").write_text("x")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--catalog" not in args:
-        args += ["--catalog", str(catalog_of(demo_catalog))]
+        args += ["--catalog", str(catalog_of(mini_catalog))]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "r.html")]
-    r = run_audit("report", *args, cwd=tmp_path)
+    r = audit_cli("report", *args, cwd=tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -138,7 +138,7 @@ def test_bad_input_is_one_line_and_exit_2(demo_catalog, tmp_path, args, message)
 def test_a_catalog_without_results_is_one_line_and_exit_2(tmp_path):
     cat = Catalog(tmp_path / "c.duckdb")
     cat.start_run({})
-    r = run_audit("report", "--catalog", str(cat.path), "--out", str(tmp_path / "r.html"), cwd=tmp_path)
+    r = audit_cli("report", "--catalog", str(cat.path), "--out", str(tmp_path / "r.html"), cwd=tmp_path)
     assert r.returncode == 2 and "no results" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -211,11 +211,12 @@ def store(cat: Catalog, run: str, model: str, params: dict, counts: list[int]) -
     )
 
 
+@pytest.mark.slow  # a fresh process finds the plugin on PYTHONPATH
 def test_a_third_party_plugin_draws_its_figures_and_a_raising_renderer_only_loses_its_own(
-    demo_catalog, tmp_path
+    mini_catalog, tmp_path
 ):
     cat_path = tmp_path / "catalog.duckdb"
-    shutil.copy(catalog_of(demo_catalog), cat_path)
+    shutil.copy(catalog_of(mini_catalog), cat_path)
     cat = Catalog(cat_path)
     run = cat.start_run({})
     store(cat, run, "mlp_a", {}, [1, 2, 5, 3])
@@ -234,8 +235,8 @@ def test_a_third_party_plugin_draws_its_figures_and_a_raising_renderer_only_lose
     assert "<b>layer×layer CKA</b>" in html  # the other probes' figures are all still there
     svg = [s for s in images(html) if s.startswith("data:image/svg+xml")]
     assert len(svg) == 1 and b"<rect" in base64.b64decode(svg[0].split(",", 1)[1])
-    # without the plugin the section is still there, with its metrics and no figure
-    r = run_audit(
+    # without the plugin (this process never loads it) the section is still there, with its metrics and no figure
+    r = audit_cli(
         "report", "--catalog", str(cat_path), "--probe", "ext_histo", "--out", str(out), cwd=tmp_path
     )
     assert r.returncode == 0, r.stderr

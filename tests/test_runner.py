@@ -13,13 +13,14 @@ from audit.runner import Runner, plan, resolve_device
 
 
 @pytest.fixture
-def config(demo_project):
-    text = (demo_project / "audit.toml").read_text()
+def config(mini_project):
+    """The mini project's models and datasets (the demo's names, small models) with two CKA entries."""
+    text = (mini_project / "audit.toml").read_text()
     text = text[: text.index("[[probes]]")]
     text += '[[probes]]\nprobe = "cka"\nmodels = ["mlp_a"]\ndatasets = ["digits_test", "digits_rotated"]\n'
     text += '[[probes]]\nprobe = "cka"\nmodels = ["mlp_a", "mlp_b"]\ndatasets = ["digits_test"]\n'
-    (demo_project / "audit.toml").write_text(text)
-    return load_config(demo_project / "audit.toml", installed_probes())
+    (mini_project / "audit.toml").write_text(text)
+    return load_config(mini_project / "audit.toml", installed_probes())
 
 
 def labels(jobs):
@@ -69,8 +70,8 @@ def test_two_models_on_two_datasets_is_refused_before_anything_runs(config):
         )
 
 
-def test_cache_key_follows_content_params_and_roles(config, demo_project):
-    runner = Runner(config, Catalog(demo_project / "c.duckdb"), torch.device("cpu"))
+def test_cache_key_follows_content_params_and_roles(config, mini_project):
+    runner = Runner(config, Catalog(mini_project / "c.duckdb"), torch.device("cpu"))
     a, b = plan(config, installed_probes())
     assert runner.cache_key(a) != runner.cache_key(b)
     assert runner.cache_key(a) == runner.cache_key(a)
@@ -94,6 +95,7 @@ def test_context_generators_are_seeded_per_job():
     from audit.context import Context
 
     a, b, c = (Context([], [], torch.device("cpu"), seed=s) for s in (7, 7, 8))
+    # the same seed gives the same stream bit for bit: exact equality is the property under test
     assert a.rng.random() == b.rng.random() != c.rng.random()
     assert torch.equal(
         torch.rand(3, generator=a.torch_generator()), torch.rand(3, generator=b.torch_generator())

@@ -8,8 +8,9 @@ import numpy as np
 from rich.console import Console
 
 from audit.catalog import Catalog
+from audit.plugins import installed_probes
 from audit.show import colour, matrix_grid
-from conftest import run_audit
+from conftest import audit_cli
 
 
 def cka_result(project) -> tuple[str, str]:
@@ -23,10 +24,10 @@ def cka_result(project) -> tuple[str, str]:
 
 def test_show_prints_the_metrics_and_the_cka_grid(demo_catalog):
     rid, id_data = cka_result(demo_catalog)
-    r = run_audit("show", rid[:8], cwd=demo_catalog)  # a unique prefix is enough
+    r = audit_cli("show", rid[:8], cwd=demo_catalog)  # a unique prefix is enough
     assert r.returncode == 0, r.stderr
     text = r.stdout
-    assert rid in text and "cka 1.0.0" in text
+    assert rid in text and f"cka {installed_probes()['cka'].version}" in text
     for word in ("metrics", "offdiag_mean", "accuracy", "batch_size", "parameters"):
         assert word in text, word
     assert f"CKA of mlp_a on {id_data}" in text and "CKA of mlp_a on digits_rotated" in text
@@ -42,7 +43,7 @@ def test_show_of_a_cross_model_and_a_trimmed_ks_result(demo_catalog):
     )
     assert sorted(p for p, _ in rows) == ["cka", "trimmed_ks"]
     for probe, rid in rows:
-        r = run_audit("show", rid, cwd=demo_catalog)
+        r = audit_cli("show", rid, cwd=demo_catalog)
         assert r.returncode == 0, r.stderr
         if probe == "cka":
             assert "CKA mlp_a (rows) × mlp_b (columns)" in r.stdout
@@ -50,11 +51,11 @@ def test_show_of_a_cross_model_and_a_trimmed_ks_result(demo_catalog):
             assert "alpha_hat" in r.stdout and "cand_long" in r.stdout and "warning:" in r.stdout
 
 
-def test_unknown_or_ambiguous_result_is_one_line_and_exit_2(demo_catalog):
-    r = run_audit("show", "zzzz", cwd=demo_catalog)
+def test_unknown_or_ambiguous_result_is_one_line_and_exit_2(mini_catalog):
+    r = audit_cli("show", "zzzz", cwd=mini_catalog)
     assert r.returncode == 2 and "no result with id 'zzzz'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    r = run_audit("show", "x", "--catalog", "/nonexistent/c.duckdb")
+    r = audit_cli("show", "x", "--catalog", "/nonexistent/c.duckdb")
     assert r.returncode == 2 and "no catalog at" in r.stderr
 
 

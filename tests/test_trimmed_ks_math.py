@@ -347,12 +347,14 @@ def test_alpha_hat_matches_fine_bisection():
 
 def test_alpha_hat_edge_cases():
     cdf = lambda t: stats.norm.cdf(t, loc=5)  # noqa: E731
-    assert alpha_hat([0.0, 10.0], 0.1, reference_cdf=cdf) == 1.0  # out of reach: limit ≈ ½
+    assert alpha_hat([0.0, 10.0], 0.1, reference_cdf=cdf) == pytest.approx(
+        1.0, abs=1e-15
+    )  # out of reach: limit ≈ ½
     assert math.isnan(alpha_hat([0.0, 10.0], 0.1, reference_cdf=cdf, if_unreachable=math.nan))
-    assert alpha_hat([0.0, 10.0], 0.6, reference_cdf=cdf) == 0.0
+    assert alpha_hat([0.0, 10.0], 0.6, reference_cdf=cdf) == pytest.approx(0.0, abs=1e-15)
     rng = np.random.default_rng(41)
     x, y = rng.normal(0, 1, 50), rng.normal(0, 1, 60)
-    assert alpha_hat(x, 1.0, y) == 0.0
+    assert alpha_hat(x, 1.0, y) == pytest.approx(0.0, abs=1e-15)
     # a growing threshold always gets there eventually, even from an unreachable limit
     got = alpha_hat([0.0, 10.0], lambda a: 0.1 / (1 - a), reference_cdf=cdf)
     lim = d_alpha_limit([0.0, 10.0], reference_cdf=cdf)
@@ -388,12 +390,12 @@ def test_threshold_rules():
     assert threshold("ks_asymptotic", n, None, 0.01) == pytest.approx(
         stats.kstwobign.isf(0.01) / math.sqrt(n), rel=1e-4
     )
-    assert threshold("ks_asymptotic", n, m, alpha=0.4) == ks
+    assert threshold("ks_asymptotic", n, m, alpha=0.4) == pytest.approx(ks, rel=1e-15)  # α plays no part
     dkw = threshold("dkw_conservative", n, m, 0.05, alpha=0.2)
     assert dkw == pytest.approx(math.sqrt(math.log(80) / (2 * n)) / 0.8 + math.sqrt(math.log(80) / (2 * m)))
     assert threshold("authors", n, m) == pytest.approx(math.sqrt(math.log(200) / m) + 1 / m)
     assert threshold("authors", n, None) == pytest.approx(math.sqrt(math.log(200) / n) + 1 / n)
-    assert threshold_coefficients("dkw_conservative", n, None)[0] == 0.0
+    assert threshold_coefficients("dkw_conservative", n, None)[0] == pytest.approx(0.0, abs=1e-15)
     with pytest.raises(ValueError, match="unknown threshold rule"):
         threshold("bonferroni", n, m)
     with pytest.raises(ValueError, match="level"):

@@ -56,7 +56,10 @@ def test_ece_of_a_calibrated_model_is_small_and_of_an_overconfident_one_large():
     sharp = np.stack([1 - (p1 > 0.5), (p1 > 0.5)], axis=1).astype(
         float
     )  # says 0 or 1, right 75 % of the time
-    assert metrics.expected_calibration_error(sharp, y) == pytest.approx(0.25, abs=0.01)
+    # ECE = 1 − (share right), the share binomial with p = E max(p1, 1 − p1) = 0.75: sd √(0.75·0.25/n) ≈ 0.001
+    assert metrics.expected_calibration_error(sharp, y) == pytest.approx(
+        0.25, abs=4 * np.sqrt(0.75 * 0.25 / n)
+    )
     with pytest.raises(ValueError, match="binary"):
         metrics.expected_calibration_error(
             softmax(rng.normal(size=(5, 3)), axis=1), y[:5], variant="positive_class"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from audit.context import Context, DatasetHandle, ModelHandle
-from conftest import run_audit
+from conftest import audit_cli
 from model_audit_probes.trimmed_ks import dalpha
 from model_audit_probes.trimmed_ks import metrics as tm
 from model_audit_probes.trimmed_ks.probe import TrimmedKSProbe
@@ -135,17 +134,14 @@ def test_bad_reference_and_score_choices_are_refused():
 # ------------------------------------------------------------------ end to end on the demo project
 
 
-@pytest.fixture(scope="module")
-def ran(demo_source, tmp_path_factory):
-    project = tmp_path_factory.mktemp("tks") / "project"
-    shutil.copytree(demo_source, project, ignore=shutil.ignore_patterns(".audit", "__pycache__"))
-    r = run_audit("run", "--config", str(project / "audit.toml"))  # every probe: the demo's gates need them
-    assert r.returncode == 0, r.stderr
-    return project
+@pytest.fixture
+def ran(demo_ran):
+    """A copy of the demo project after `audit demo` ran every probe (the demo's gates need them all)."""
+    return demo_ran
 
 
 def latest(project, metric):
-    out = run_audit(
+    out = audit_cli(
         "query",
         f"select model, value from latest_metrics where probe = 'trimmed_ks' and metric = '{metric}'",
         "--format",
@@ -172,13 +168,13 @@ def test_demo_ensemble_ranks_the_candidates(ran):
 
 def test_gate_on_alpha_hat_and_its_markdown_context(ran, tmp_path):
     config = ran / "audit.toml"
-    ok = run_audit("gate", "--config", str(config), "--markdown", str(tmp_path / "ok.md"))
+    ok = audit_cli("gate", "--config", str(config), "--markdown", str(tmp_path / "ok.md"))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     config.write_text(
         config.read_text()
         + '\n[[gates]]\nprobe = "trimmed_ks"\nmetric = "alpha_hat"\nmodel = "cand_*"\nmax = 0.1\n'
     )
-    failed = run_audit("gate", "--config", str(config), "--markdown", str(tmp_path / "g.md"))
+    failed = audit_cli("gate", "--config", str(config), "--markdown", str(tmp_path / "g.md"))
     assert failed.returncode == 1
     md = (tmp_path / "g.md").read_text()
     sgd = next(line for line in md.splitlines() if "| cand_sgd |" in line)
@@ -190,7 +186,7 @@ def test_gate_on_alpha_hat_and_its_markdown_context(ran, tmp_path):
 def test_adding_a_candidate_computes_only_its_outputs(ran):
     config = ran / "audit.toml"
     count = "select count(*) as n, max(created_at) as t from model_outputs"
-    before = json.loads(run_audit("query", count, "--format", "json", "--config", str(config)).stdout)[0]
+    before = json.loads(audit_cli("query", count, "--format", "json", "--config", str(config)).stdout)[0]
     from safetensors.torch import load_file, save_file
 
     weights = load_file(ran / "models" / "cand_seed.safetensors")  # new content: a new fingerprint
@@ -202,9 +198,9 @@ def test_adding_a_candidate_computes_only_its_outputs(ran):
     text = config.read_text()
     block = text[text.index("[models.cand_seed]") :].split("\n\n")[0]
     config.write_text(text.replace(block, block + "\n\n" + block.replace("cand_seed", "cand_copy")))
-    r = run_audit("run", "trimmed_ks", "--config", str(config))
+    r = audit_cli("run", "trimmed_ks", "--config", str(config))
     assert r.returncode == 0, r.stderr
-    after = json.loads(run_audit("query", count, "--format", "json", "--config", str(config)).stdout)[0]
+    after = json.loads(audit_cli("query", count, "--format", "json", "--config", str(config)).stdout)[0]
     assert after["n"] == before["n"] + 1  # one new (model, dataset) output row: the reference was reused
     a = latest(ran, "alpha_hat")
     assert a["cand_copy"] <= 0.1  # nearly the same weights: within seed variability too

@@ -76,6 +76,7 @@ def transfer(k: np.ndarray, omega_m: float) -> np.ndarray:
 
 
 _K_INT = np.logspace(-4, 2.5, 6000)
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed trapz; the project supports 1.26 too
 
 
 def amplitude(omega_m: float, sigma_8: float) -> float:
@@ -83,7 +84,7 @@ def amplitude(omega_m: float, sigma_8: float) -> float:
     x = _K_INT * R8
     window = 2 * j1(x) / x
     integrand = _K_INT**N_S * transfer(_K_INT, omega_m) ** 2 * window**2 * _K_INT / (2 * np.pi)
-    return sigma_8**2 / np.trapezoid(integrand, _K_INT)
+    return sigma_8**2 / _trapezoid(integrand, _K_INT)
 
 
 def _grid_k() -> np.ndarray:
