@@ -25,6 +25,8 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 # the in-process CLI prints (tests that want colours build their own Console with force_terminal=True).
 os.environ.setdefault("TTY_COMPATIBLE", "0")
 
+import fcntl  # noqa: E402
+import json  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -166,18 +168,40 @@ def copy_project(source: Path, dest: Path, catalog: bool = False) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def demo_run(tmp_path_factory, worker_id: str) -> tuple[Path, subprocess.CompletedProcess]:
     """`audit demo` into an empty folder, once per test run, in a real process: trains every model, runs every
     installed probe through the default executor (worker processes) and evaluates the gates.
 
     Returns the project and the finished process (tests/test_demo.py checks its output). Read-only for
-    everyone: copy it (`demo_project`, `demo_ran`) before writing anything.
+    everyone: copy it (`demo_project`, `demo_ran`) before writing anything. Under pytest-xdist (`-n 2`) the
+    workers share one build: the first to take the lock builds it in the run's common temporary folder and
+    records the process's answer beside it; the others wait on the lock and read it.
     """
-    project = tmp_path_factory.mktemp("demo-run") / "project"
-    r = run_audit("demo", "--dir", str(project), timeout=900)
+    if worker_id == "master":  # no xdist: this process is the whole run
+        root = tmp_path_factory.mktemp("demo-run")
+    else:
+        root = tmp_path_factory.getbasetemp().parent / "demo-run-shared"
+        root.mkdir(exist_ok=True)
+    project, answer = root / "project", root / "demo-answer.json"
+    with open(root / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while building; a second worker blocks here, then reads
+        try:
+            if not answer.exists():
+                r = run_audit("demo", "--dir", str(project), timeout=900)
+                answer.write_text(json.dumps([r.returncode, r.stdout, r.stderr]))
+            code, stdout, stderr = json.loads(answer.read_text())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    r = subprocess.CompletedProcess(["audit", "demo"], code, stdout, stderr)
     assert r.returncode in (0, 1), r.stderr  # 1: a gate failed, which the reports must show too
     assert (project / ".audit" / "catalog.duckdb").exists(), r.stderr
     return project, r
+
+
+@pytest.fixture(scope="session")
+def worker_id(request) -> str:
+    """pytest-xdist's worker name ("gw0", "gw1", ...), or "master" when the run is one process."""
+    return getattr(request.config, "workerinput", {}).get("workerid", "master")
 
 
 @pytest.fixture(scope="session")
@@ -341,6 +365,6 @@ def run_example_quick(name: str, tmp_path: Path) -> Path:
         timeout=300,
     )
     assert made.returncode == 0, made.stdout + made.stderr
-    ran = run_audit("run", cwd=dest)
+    ran = audit_cli("run", cwd=dest)  # in this process (the jobs still run in the local pool's workers)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     return dest
