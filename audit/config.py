@@ -37,22 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audit.errors import ConfigError
-from audit.probe import Probe
+from audit.api.errors import ConfigError
+from audit.api.probe import Probe
+from audit.specs import HF_CONFIG, HF_WEIGHTS, MODEL_LIBRARIES, DatasetSpec, ModelSpec
 
 DEFAULT_CATALOG = ".audit/catalog.duckdb"
 DATASET_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".parquet")
 TASKS = ("classification", "regression")
 MODEL_FILE_KEYS = ("weights", "torchscript", "pickle")
-# model kinds a library builds: key -> (the module imported, the extra that installs it)
-MODEL_LIBRARIES = {
-    "huggingface": ("transformers", "hf"),
-    "torchvision": ("torchvision", "torchvision"),
-    "timm": ("timm", "timm"),
-}
-# the files a Hugging Face directory must hold: its config and safetensors weights (one file or sharded)
-HF_CONFIG = "config.json"
-HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 # kwargs that would download weights or bypass the offline, safetensors-only loading: set by model-audit
 _RESERVED_KWARGS = {
     "huggingface": ("local_files_only", "use_safetensors", "output_loading_info"),
@@ -74,33 +66,6 @@ def match_names(pattern: str, names: Any) -> list[str]:
     if not is_pattern(pattern):
         return [pattern] if pattern in names else []
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: Path | None = None
-    torchscript: Path | None = None
-    pickle: Path | None = None
-    family: str | None = None  # the [models.NAME] table of a glob-expanded model ("NAME/<file stem>")
-    huggingface: Path | None = None  # a save_pretrained directory: config.json + model.safetensors
-    torchvision: str | None = None  # a torchvision.models name, built with weights=None
-    timm: str | None = None  # a timm model name, built with pretrained=False
-    model_class: str | None = None  # `class = "..."`: the transformers class of a huggingface directory
-    output: str | int | None = None  # what probes see of a structured forward result; None = "auto"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    path: Path | None = None
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    inputs: str | list[str] = "inputs"
-    targets: str | None = None
-    task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +121,7 @@ class Config:
     gates: list[GateSpec]
     text_hash: str
     # the [executor] table as written: "name" and that executor's options (validated when a run starts,
-    # against the installed executor; see audit.executors)
+    # against the installed executor; see audit.run.executors)
     executor: dict[str, Any] = field(default_factory=dict)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from audit.catalog import Catalog
+from audit.catalog.store import Catalog
 from audit.config import GateSpec, is_pattern
 
 # how many metrics the context shows for a probe that declares no key metrics (then: all, alphabetically)

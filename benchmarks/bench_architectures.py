@@ -5,7 +5,7 @@ References (independent of the code under test):
 
 * CKA: each layer's activations from a copy of the model with every in-place flag off and residual adds
   written out of place (hooks that copy), then the unbiased HSIC written from Song et al.'s three-term
-  formula in NumPy float64, accumulated over the same minibatches. Ours: `audit.capture` on the original
+  formula in NumPy float64, accumulated over the same minibatches. Ours: `audit.api.capture` on the original
   model (in-place ReLUs and all) + `MinibatchCKA` with float32 Grams, as the probe runs it.
 * eNTK: `kernels.empirical_ntk(method="jacobian")` (per-sample torch.func Jacobians of every parameter) on
   the out-of-place copy, float64. Ours: the default routes (dense/conv factorisations) on the original.
@@ -44,7 +44,7 @@ from architectures import (  # noqa: E402
     seeded,
 )
 
-from audit.capture import OUTPUT, Capture, features, select_output, stream_activations, survey  # noqa: E402
+from audit.api.capture import OUTPUT, Capture, features, select_output, stream_activations, survey  # noqa: E402
 from model_audit_probes.cka.hsic import MinibatchCKA  # noqa: E402
 from model_audit_probes.entk import kernels  # noqa: E402
 

@@ -46,8 +46,8 @@ from pathlib import Path  # noqa: E402
 import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 
-from audit.catalog import Catalog, StoredResult, _encode, migrate  # noqa: E402
-from audit.exchange import export_catalog, import_catalog  # noqa: E402
+from audit.catalog.exchange import export_catalog, import_catalog  # noqa: E402
+from audit.catalog.store import Catalog, StoredResult, _encode, migrate  # noqa: E402
 
 
 class ExecutemanyCatalog(Catalog):

@@ -47,7 +47,7 @@ def timed_run(folder: Path, n: int, executor: str, kind: str, work: float, env: 
     config = chaos_project(folder, ["ok"] * n, executor=table, **{kind: work})
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "audit.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "audit.face.cli", "run", "--config", str(config)],
         env=env,
         capture_output=True,
         text=True,

@@ -86,7 +86,7 @@ def _isolated_process_state(tmp_path_factory):
     """Each test starts from the same process state, whatever ran before it (so any order passes).
 
     Global RNGs are seeded (a test that forgets its seed is still repeatable), and what loading a
-    project changes is undone: the project folder `audit.sources.import_factory` puts on sys.path, the
+    project changes is undone: the project folder `audit.run.sources.import_factory` puts on sys.path, the
     factory modules imported from it (every test project names its module `demo_models`; a cached one
     from another project would be used instead), the working directory, torch's threads and dtype.
     """
@@ -112,7 +112,7 @@ def _isolated_process_state(tmp_path_factory):
 def run_audit(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """Run the real `audit` CLI in a subprocess: for what needs a process (see the module docstring)."""
     return subprocess.run(
-        [sys.executable, "-m", "audit.cli", *args],
+        [sys.executable, "-m", "audit.face.cli", *args],
         cwd=cwd,
         env={**SUBPROCESS_ENV, **(env or {})},
         capture_output=True,
@@ -122,9 +122,9 @@ def run_audit(*args: str, cwd: Path | None = None, env: dict | None = None, time
 
 
 def cli_app():
-    """The `audit` Typer app with the plugins' commands added, as `audit.cli.main` does once per process."""
-    from audit.cli import app
-    from audit.plugins import plugin_manager
+    """The `audit` Typer app with the plugins' commands added, as `audit.face.cli.main` does once per process."""
+    from audit.face.cli import app
+    from audit.registry import plugin_manager
 
     if not getattr(app, "_test_plugin_commands", False):
         plugin_manager().hook.register_commands(app=app)
@@ -135,7 +135,7 @@ def cli_app():
 def audit_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `audit ARGS` in this process and answer like `run_audit`: returncode, stdout, stderr.
 
-    Same parsing, commands, one-line errors and exit codes as the console script (`audit.cli.main` only adds
+    Same parsing, commands, one-line errors and exit codes as the console script (`audit.face.cli.main` only adds
     the plugins' commands, done once by `cli_app`). An exception that escapes a command would print a
     traceback in a real process: it is appended to stderr here, so `"Traceback" not in stderr` means the same.
     """
@@ -273,7 +273,7 @@ def build_mini_project(directory: Path) -> Path:
     directory.mkdir(parents=True)
     (directory / "models").mkdir()
     (directory / "data").mkdir()
-    factory_source = (resources.files("audit") / "templates" / "demo_models.py").read_text()
+    factory_source = (resources.files("audit.face") / "templates" / "demo_models.py").read_text()
     (directory / "demo_models.py").write_text(factory_source)
     digits = load_digits()
     x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)

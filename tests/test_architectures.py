@@ -18,10 +18,11 @@ import torch
 from architectures import RecurrentClassifier, TransformerClassifier, hf_models, resnet18, seeded
 from safetensors.torch import save_file
 
-from audit.catalog import Catalog
+from audit.catalog.store import Catalog
 from audit.config import load_config
-from audit.plugins import installed_probes
-from audit.runner import Runner, plan
+from audit.registry import installed_probes
+from audit.run.plan import plan
+from audit.run.runner import Runner
 
 pytest.importorskip("transformers", reason="the Hugging Face architectures need transformers ([hf] extra)")
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from audit import capture
-from audit.capture import OUTPUT, default_layers, resolve_layers, stream_activations
-from audit.errors import ProbeInputError
+from audit.api import capture
+from audit.api.capture import OUTPUT, default_layers, resolve_layers, stream_activations
+from audit.api.errors import ProbeInputError
 
 
 def mlp() -> nn.Sequential:

@@ -17,7 +17,7 @@ from architectures import (
 )
 from torch import nn
 
-from audit.capture import (
+from audit.api.capture import (
     OUTPUT,
     Capture,
     features,
@@ -26,7 +26,7 @@ from audit.capture import (
     stream_activations,
     survey,
 )
-from audit.errors import ProbeInputError
+from audit.api.errors import ProbeInputError
 from model_audit_probes.cka.hsic import MinibatchCKA
 
 ATOL = 1e-10  # float64 throughout: the same arithmetic in the same order, so agreement to rounding

@@ -10,9 +10,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from audit.catalog import Catalog, StoredResult, migrate
-from audit.errors import CatalogBusyError, UsageError
-from audit.migrations import MIGRATIONS
+from audit.api.errors import CatalogBusyError, UsageError
+from audit.catalog.migrations import MIGRATIONS
+from audit.catalog.store import Catalog, StoredResult, migrate
 
 
 def stored(run_id: str, key: str = "k1", status: str = "ok", **arrays) -> StoredResult:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from audit.catalog import _ARRAYS_BATCHED_UP_TO, Catalog, StoredResult
+from audit.catalog.store import _ARRAYS_BATCHED_UP_TO, Catalog, StoredResult
 
 
 def stored(run_id: str, metrics, arrays) -> StoredResult:

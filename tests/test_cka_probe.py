@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from audit.context import Context, DatasetHandle, ModelHandle
-from audit.errors import ProbeInputError
+from audit.api.context import Context, DatasetHandle, ModelHandle
+from audit.api.errors import ProbeInputError
 from model_audit_probes.cka.hsic import MinibatchCKA
 from model_audit_probes.cka.probe import CKAProbe
 

@@ -113,9 +113,9 @@ def test_gate_exit_codes_junit_and_markdown(mini_ran, tmp_path):
 
 
 def console_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The installed `audit` console script (audit.cli:main), as a user runs it."""
+    """The installed `audit` console script (audit.face.cli:main), as a user runs it."""
     script = Path(sys.executable).with_name("audit")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "audit.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "audit.face.cli"]
     return subprocess.run(
         [*command, *args], cwd=cwd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300
     )
@@ -183,7 +183,7 @@ def test_probes_lists_parameters():
 
 
 def test_query_table_prints_brackets_in_values_literally(tmp_path):
-    from audit.catalog import Catalog
+    from audit.catalog.store import Catalog
 
     catalog = tmp_path / "c.duckdb"
     Catalog(catalog).start_run({})  # creates the schema

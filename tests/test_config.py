@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from audit.api.errors import ConfigError, UsageError
 from audit.config import DEFAULT_CATALOG, Config, DatasetSpec, GateSpec, ModelSpec, ProbeEntry, load_config
-from audit.errors import ConfigError, UsageError
-from audit.plugins import installed_probes
+from audit.registry import installed_probes
 from conftest import audit_cli
 
 CKA_DEFAULTS = {

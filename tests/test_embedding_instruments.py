@@ -145,7 +145,7 @@ def test_hashed_model_works_under_vmap_jacrev():
 
 def test_model_and_dataset_factories_through_audit_sources_with_no_extra(tmp_path):
     from audit.config import ModelSpec
-    from audit.sources import load_model
+    from audit.run.sources import load_model
 
     model = load_model(
         ModelSpec(
@@ -226,7 +226,7 @@ def test_minilm_loads_offline_from_the_package_files(minilm, monkeypatch):
 
 def test_minilm_pooled_layers_are_masked_means_for_capture(minilm):
     """pooled.k (captured by name) is the attention-masked mean of layer k: padding does not leak in."""
-    from audit.capture import Capture
+    from audit.api.capture import Capture
 
     texts = [PARAPHRASES[0], UNRELATED]
     narrow = torch.from_numpy(inst.minilm_tokenize(texts))
@@ -330,7 +330,7 @@ def test_length_matching_options(ts):
 
 def test_dataset_factories_through_audit_sources(ts, tmp_path):
     from audit.config import DatasetSpec
-    from audit.sources import load_dataset
+    from audit.run.sources import load_dataset
 
     kw = {"n": 40, "seed": 2, "instrument": "hashed"}
     mod = "model_audit_probes.embedding.text_sources"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from audit.context import Context, DatasetHandle, ModelHandle
+from audit.api.context import Context, DatasetHandle, ModelHandle
 from conftest import audit_cli
 from model_audit_probes.embedding.probe import EmbeddingProbe
 
@@ -112,7 +112,7 @@ def test_a_model_layer_with_pooled_sequence_output():
 
 def test_bad_inputs_are_refused():
     a, b = gaussians(0.0, n=30)
-    from audit.errors import ProbeInputError
+    from audit.api.errors import ProbeInputError
 
     with pytest.raises(ProbeInputError, match="different widths"):
         run([source("a", a), source("b", b[:, :5].copy())])

@@ -8,8 +8,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from audit.context import Context, DatasetHandle, ModelHandle
-from audit.errors import ProbeInputError
+from audit.api.context import Context, DatasetHandle, ModelHandle
+from audit.api.errors import ProbeInputError
 from conftest import audit_cli
 from model_audit_probes.emulator import toy
 from model_audit_probes.emulator.probe import EmulatorProbe
@@ -247,7 +247,7 @@ def test_cli_unknown_parameter_is_one_line_exit_2(tmp_path):
 def test_figures_draw_from_the_stored_arrays_alone(boxes):
     from datetime import datetime
 
-    from audit.results import ResultView, StoredMetric
+    from audit.api.results import ResultView, StoredMetric
     from model_audit_probes.emulator.figures import render
 
     truth, measured, cov = boxes

@@ -1,15 +1,15 @@
-"""`audit entk-forensics` in-process (typer's CliRunner on the real app, commands added by the plugin hook)."""
+"""examples/02_optimizer_forensics/forensics.py, the one-command forensics experiment, in-process (CliRunner)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from audit.cli import app
-from conftest import cli_app
 from model_audit_probes.entk.forensics import EXPECTED, OPTIMIZERS, run_experiment
 
 # The smallest instance that still separates with margin: at d = h = n = 300 and 600 steps, seeds 0–11 all
@@ -18,17 +18,26 @@ from model_audit_probes.entk.forensics import EXPECTED, OPTIMIZERS, run_experime
 SMALL = ["--dim", "300", "--width", "300", "--samples", "300", "--steps", "600", "--seed", "0"]
 
 
+def _load_example():
+    path = Path(__file__).resolve().parents[1] / "examples" / "02_optimizer_forensics" / "forensics.py"
+    spec = importlib.util.spec_from_file_location("optimizer_forensics_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+app = _load_example().app
+
+
 @pytest.fixture(scope="module")
 def runner() -> CliRunner:
-    """The `audit` app with the plugins' commands registered, as `audit.cli.main` does (once per process)."""
-    cli_app()
     return CliRunner()
 
 
 @pytest.fixture(scope="module")
 def small_json(runner) -> dict:
     threads = torch.get_num_threads()
-    result = runner.invoke(app, ["entk-forensics", *SMALL, "--format", "json"])
+    result = runner.invoke(app, [*SMALL, "--format", "json"])
     assert result.exit_code == 0, result.output
     assert torch.get_num_threads() == threads  # the command runs on one thread and restores the setting
     return json.loads(result.stdout)
@@ -64,7 +73,7 @@ def test_table_and_markdown_show_every_optimizer_and_the_rule(runner):
     # tiny sizes: only the rendering is checked here (NaN statistics render as —)
     tiny = ["--dim", "12", "--width", "10", "--samples", "40", "--steps", "5"]
     for fmt in ("table", "markdown"):
-        result = runner.invoke(app, ["entk-forensics", *tiny, "--format", fmt], env={"COLUMNS": "200"})
+        result = runner.invoke(app, [*tiny, "--format", fmt], env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         for name in OPTIMIZERS:
             assert name in result.stdout
@@ -85,7 +94,7 @@ def test_table_and_markdown_show_every_optimizer_and_the_rule(runner):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(runner, args, flag):
-    result = runner.invoke(app, ["entk-forensics", *args])
+    result = runner.invoke(app, [*args])
     assert result.exit_code == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()

@@ -10,11 +10,11 @@ import duckdb
 import numpy as np
 import pytest
 
-from audit import exchange
-from audit.catalog import Catalog, StoredResult
-from audit.errors import UsageError
-from audit.exchange import export_catalog, import_catalog, import_catalogs
-from audit.migrations import MIGRATIONS
+from audit.api.errors import UsageError
+from audit.catalog import exchange
+from audit.catalog.exchange import export_catalog, import_catalog, import_catalogs
+from audit.catalog.migrations import MIGRATIONS
+from audit.catalog.store import Catalog, StoredResult
 from conftest import audit_cli
 
 TABLES = ("runs", "run_ends", "models", "datasets", "results", "metric_values", "arrays", "model_outputs")

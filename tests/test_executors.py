@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.catalog import Catalog
+from audit.catalog.store import Catalog
 from chaos_plugin import chaos_project, install_chaos_plugin
 from conftest import SUBPROCESS_ENV, audit_cli, run_audit
 
@@ -141,7 +141,7 @@ def test_out_of_memory_retries_with_a_smaller_batch(tmp_path, chaos_env):
 def test_killing_the_driver_leaves_no_orphan_workers_and_the_rerun_completes(tmp_path, chaos_env):
     config = chaos_project(tmp_path / "p", ["ok"] * 12, sleep=0.6)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "audit.cli", "run", "--config", str(config), "--workers", "2"],
+        [sys.executable, "-m", "audit.face.cli", "run", "--config", str(config), "--workers", "2"],
         env={**SUBPROCESS_ENV, **chaos_env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

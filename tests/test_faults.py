@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from audit.catalog import Catalog
+from audit.catalog.store import Catalog
 from conftest import SUBPROCESS_ENV, audit_cli, run_audit
 from external_plugin import install_external_plugin
 
@@ -47,7 +47,7 @@ def results(config) -> list[dict]:
 def test_killing_audit_run_mid_way_then_rerunning_completes_without_duplicates(mini_project, tmp_path):
     config, env = slow_project(mini_project, tmp_path, sleep=1.5)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "audit.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "audit.face.cli", "run", "--config", str(config)],
         env={**SUBPROCESS_ENV, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -90,7 +90,7 @@ def test_two_concurrent_runs_store_every_result_exactly_once(mini_project, tmp_p
     config, env = slow_project(mini_project, tmp_path, sleep=0.3)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "audit.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "audit.face.cli", "run", "--config", str(config)],
             env={**SUBPROCESS_ENV, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

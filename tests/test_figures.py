@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from audit import Figure, ResultView, StoredMetric, hookimpl
-from audit.figures import canvas, collect_figures
-from audit.plugins import plugin_manager
+from audit.api.figures import canvas
+from audit.face.rendering import collect_figures
+from audit.registry import plugin_manager
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

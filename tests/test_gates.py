@@ -8,7 +8,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from audit import gates
-from audit.catalog import Catalog, StoredResult
+from audit.catalog.store import Catalog, StoredResult
 from audit.config import GateSpec
 
 

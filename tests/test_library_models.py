@@ -22,9 +22,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from audit.api.errors import ConfigError, UsageError
 from audit.config import ModelSpec, load_config
-from audit.errors import ConfigError, UsageError
-from audit.sources import load_model, model_fingerprint
+from audit.run.sources import load_model, model_fingerprint
 from conftest import audit_cli
 
 try:

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-import audit.catalog
-from audit import sources
-from audit.catalog import Catalog, CatalogOutputCache, StoredResult
+import audit.catalog.store
+from audit.api.context import OUTPUTS_KIND, Context, DatasetHandle, ModelHandle
+from audit.api.probe import Needs, Param, Probe, ProbeResult
+from audit.catalog.migrations import MIGRATIONS
+from audit.catalog.store import Catalog, CatalogOutputCache, StoredResult
 from audit.config import load_config
-from audit.context import OUTPUTS_KIND, Context, DatasetHandle, ModelHandle
-from audit.executors import Executor
-from audit.migrations import MIGRATIONS
-from audit.plugins import installed_probes
-from audit.probe import Needs, Param, Probe, ProbeResult
-from audit.runner import Runner, plan
-from audit.worker import WorkerState, execute
+from audit.registry import installed_probes
+from audit.run import sources
+from audit.run.executors import Executor
+from audit.run.plan import plan
+from audit.run.runner import Runner
+from audit.run.worker import WorkerState, execute
 
 CPU = torch.device("cpu")
 VERSION = next(i for i, (name, _) in enumerate(MIGRATIONS, start=1) if name == "model outputs cache")
@@ -94,7 +95,7 @@ STORE = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import numpy as np
-    from audit.catalog import Catalog
+    from audit.catalog.store import Catalog
     path, go, i = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     cat = Catalog(path, wait_s=120)
     while not go.exists():
@@ -131,7 +132,7 @@ def test_concurrent_stores_keep_one_row_per_key_and_all_writers_succeed(tmp_path
 
 def test_migration_applies_on_a_catalog_of_the_previous_schema(tmp_path, monkeypatch):
     path = tmp_path / "c.duckdb"
-    monkeypatch.setattr(audit.catalog, "MIGRATIONS", MIGRATIONS[: VERSION - 1])
+    monkeypatch.setattr(audit.catalog.store, "MIGRATIONS", MIGRATIONS[: VERSION - 1])
     old = Catalog(path)
     run = old.start_run({"tool_version": "old"})
     rid, _ = old.record_result(
@@ -366,17 +367,20 @@ def test_a_job_with_one_more_model_reuses_the_others_outputs(project, monkeypatc
 
 
 class SeparateWorker(Executor):
-    """Runs each job with a worker state of its own, as a worker process would: outputs are read from the
-    catalog read-only and new ones travel back in the report for the driver to store."""
+    """Runs each job with a worker state of its own, as a worker process would: cached outputs arrive with the
+    job (the driver read them from the catalog) and new ones travel back in the report for the driver to store."""
 
     name = "separate"
     description = "a worker without the driver's catalog cache (in process, for tests)"
 
+    def __init__(self) -> None:
+        self.sent: list[int] = []  # how many cached outputs each job carried
+
     def run(self, specs, events, options, driver):
         state = WorkerState("separate")
-        state.probes = driver.inline_state.probes  # the test's probe is not installed: hand it over,
-        state._configs = dict(driver.inline_state._configs)  # with the config that names it
+        state.probes = driver.inline_state.probes  # the test's probe is not installed: hand it over
         for spec in specs:
+            self.sent.append(len(spec.outputs))
             events.started(spec, state.name)
             events.finished(execute(spec, state))
 
@@ -390,12 +394,14 @@ def test_a_worker_reads_cached_outputs_and_sends_new_ones_to_the_driver(project,
         lambda spec, root, device: loads.append(spec.name) or real_load(spec, root, device),
     )
 
-    (first,) = run_jobs(project, [["ref_a", "ref_b"]], executor=SeparateWorker())
+    executor = SeparateWorker()
+    (first,) = run_jobs(project, [["ref_a", "ref_b"]], executor=executor)
     assert (first["hits", None], first["misses", None]) == (0, 2)
     _, rows = Catalog(project / "c.duckdb").query("select count(*) from model_outputs")
     assert rows == [(2,)]  # stored by the driver from the report
     loads.clear()
-    (second,) = run_jobs(project, [["ref_a", "ref_b", "cand"]], executor=SeparateWorker())
+    (second,) = run_jobs(project, [["ref_a", "ref_b", "cand"]], executor=executor)
+    assert executor.sent == [0, 2]  # the second job carried the two stored outputs; the worker opened nothing
     assert loads == ["cand"] and (second["hits", None], second["misses", None]) == (2, 1)
     for m in ("ref_a", "ref_b"):
         assert second["output_sum", m] == first["output_sum", m]

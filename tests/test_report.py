@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.catalog import Catalog, StoredResult
-from audit.report import select_results
+from audit.catalog.store import Catalog, StoredResult
+from audit.face.report import select_results
 from conftest import audit_cli, run_audit
 
 CHROMIUM = Path("/usr/bin/chromium")

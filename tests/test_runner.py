@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from audit.catalog import Catalog
+from audit.api.errors import UsageError
+from audit.catalog.store import Catalog
 from audit.config import load_config
-from audit.errors import UsageError
-from audit.plugins import installed_probes
-from audit.runner import Runner, plan, resolve_device
+from audit.registry import installed_probes
+from audit.run.devices import resolve_device
+from audit.run.plan import plan
+from audit.run.runner import Runner
 
 
 @pytest.fixture
@@ -92,7 +94,7 @@ def test_resolve_device():
 
 
 def test_context_generators_are_seeded_per_job():
-    from audit.context import Context
+    from audit.api.context import Context
 
     a, b, c = (Context([], [], torch.device("cpu"), seed=s) for s in (7, 7, 8))
     # the same seed gives the same stream bit for bit: exact equality is the property under test

@@ -7,9 +7,9 @@ import io
 import numpy as np
 from rich.console import Console
 
-from audit.catalog import Catalog
-from audit.plugins import installed_probes
-from audit.show import colour, matrix_grid
+from audit.api.terminal import colour, matrix_grid
+from audit.catalog.store import Catalog
+from audit.registry import installed_probes
 from conftest import audit_cli
 
 

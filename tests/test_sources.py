@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from audit.api.errors import UsageError
 from audit.config import DatasetSpec, ModelSpec, load_config
-from audit.errors import UsageError
-from audit.plugins import installed_probes
-from audit.sources import ArrayData, ParquetData, load_dataset, load_model, model_fingerprint
+from audit.registry import installed_probes
+from audit.run.sources import ArrayData, ParquetData, load_dataset, load_model, model_fingerprint
 
 CPU = torch.device("cpu")
 JIT_DEPRECATED = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from audit.context import Context, DatasetHandle, ModelHandle
+from audit.api.context import Context, DatasetHandle, ModelHandle
 from conftest import audit_cli
 from model_audit_probes.trimmed_ks import dalpha
 from model_audit_probes.trimmed_ks import metrics as tm

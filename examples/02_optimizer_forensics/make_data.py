@@ -1,6 +1,6 @@
 """Example 02: train the two-layer student of Wang et al. four ways and save the four checkpoints.
 
-The teacher, the student, the optimizers and their step sizes are those of ``audit entk-forensics``
+The teacher, the student, the optimizers and their step sizes are those of ``python forensics.py``
 (``model_audit_probes.entk.forensics``): one GLM teacher y = tanh(x·β) + τ(‖x‖²/d − 1) + ε, one initialisation
 W0, then GD, small-step SGD, large-step SGD and Adam for the same number of steps. Each trained student is saved
 as ``models/optimizer/<name>.safetensors`` (W, the fixed read-out, and ΔW = W − W0 for the spectrum of the
@@ -8,7 +8,7 @@ update; see factories.py) and the training set as ``data/train.npz``, so that ``
 measures every spectrum from the checkpoints alone, as one would for a network found in the wild.
 
     python make_data.py            # d = h = n = 1000, 600 steps (about a minute on 2 CPU cores)
-    python make_data.py --quick    # d = h = n = 400 (the size of `audit entk-forensics`), for the test
+    python make_data.py --quick    # d = h = n = 400 (the size of `python forensics.py`), for the test
 """
 
 from __future__ import annotations

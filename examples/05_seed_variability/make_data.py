@@ -1,6 +1,6 @@
 """Example 05: a seed ensemble of one digits classifier, held-out seeds, and candidates that differ on purpose.
 
-Everything is `audit demo`'s recipe (``audit.demo``: scikit-learn's bundled 8×8 digits, the same seeded 70/30
+Everything is `audit demo`'s recipe (``audit.face.demo``: scikit-learn's bundled 8×8 digits, the same seeded 70/30
 split, the same minibatch training loop), scaled up: 20 reference seeds instead of 10, ten held-out seeds instead
 of one, and five candidates that each change one thing — the optimizer (SGD), the length of training (3 epochs,
 or 40), the labels (30 % replaced at random), the width (256 instead of 64). Weights are saved as safetensors:
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from audit.demo import _digits, _split, _train
+from audit.face.demo import _digits, _split, _train
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

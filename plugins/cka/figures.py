@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from audit import Figure, ResultView
-from audit.figures import canvas
+from audit.api.figures import canvas
 from model_audit_probes.cka.summary import offdiagonal
 
 CMAP = "viridis"
@@ -192,7 +192,7 @@ def render(result: ResultView) -> list[Figure]:
 
 def terminal(result: ResultView) -> list:
     """Each stored CKA matrix as a coloured grid for `audit show`."""
-    from audit.show import matrix_grid
+    from audit.api.terminal import matrix_grid
 
     arrays = result.arrays
     if "layers_a" in arrays:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from audit import Needs, Param, Probe, ProbeResult
-from audit.capture import SEQUENCE_RULES, features
-from audit.errors import ProbeInputError
+from audit.api.capture import SEQUENCE_RULES, features
+from audit.api.errors import ProbeInputError
 from model_audit_probes.cka.hsic import ESTIMATORS, MinibatchCKA
 from model_audit_probes.cka.summary import TaskScore, cross_summary, spectrum, summarise
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from audit.errors import ProbeInputError
+from audit.api.errors import ProbeInputError
 
 POOLINGS = ("mean", "first", "last", "max", "flatten")
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from audit import Figure, ResultView
-from audit.figures import canvas
+from audit.api.figures import canvas
 
 
 def _names(result: ResultView) -> list[str]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from audit import Needs, Param, Probe, ProbeResult
-from audit.errors import ProbeInputError
+from audit.api.errors import ProbeInputError
 from model_audit_probes.embedding import extract, stats
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from audit import Figure
-from audit.figures import canvas
+from audit.api.figures import canvas
 
 LINESTYLES = ("-", "--", ":")
 

@@ -1,4 +1,4 @@
-"""The built-in `entk` probe plugin (its probe class lives in :mod:`.probe`, its CLI command in :mod:`.commands`)."""
+"""The built-in `entk` probe plugin (its probe class lives in :mod:`.probe`)."""
 
 from audit import hookimpl
 
@@ -8,13 +8,6 @@ def register_probes(register):
     from model_audit_probes.entk.probe import ENTKProbe
 
     register(ENTKProbe())
-
-
-@hookimpl
-def register_commands(app):
-    from model_audit_probes.entk.commands import register
-
-    register(app)
 
 
 @hookimpl

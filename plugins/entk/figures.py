@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from audit import Figure, ResultView
-from audit.figures import canvas
+from audit.api.figures import canvas
 from model_audit_probes.entk.spectra import marchenko_pastur_edges
 
 TW_MARGIN = 3.0  # the margin (in Tracy–Widom scales) weight_spectrum counts spikes beyond

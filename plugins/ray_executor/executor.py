@@ -1,7 +1,7 @@
 """The `ray` executor: run a run's jobs as Ray tasks, on a local Ray instance or a cluster.
 
 The driver stays where `audit run` was started and remains the catalog's only writer; each job is one Ray task
-that runs :func:`audit.worker.execute` and returns its :class:`~audit.worker.JobReport` through Ray's object
+that runs :func:`audit.run.worker.execute` and returns its :class:`~audit.run.worker.JobReport` through Ray's object
 store, so workers need no access to the catalog. What workers do need is the project: the audit.toml, its
 factories, weights and data, at the same absolute paths (a shared file system), or shipped with the job
 (``working_dir = true``: Ray uploads the config's folder to every node; mind Ray's size limit on it).
@@ -18,13 +18,12 @@ factories, weights and data, at the same absolute paths (a shared file system), 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from audit.errors import UsageError
-from audit.executors import Executor
-from audit.probe import Param
-from audit.worker import JobReport, JobSpec, WorkerState, execute
+from audit.api.errors import UsageError
+from audit.api.probe import Param
+from audit.run.executors import Executor
+from audit.run.worker import JobReport, JobSpec, WorkerState, execute
 
 _STATE: WorkerState | None = None  # one per Ray worker process, kept across the tasks it runs
 
@@ -84,7 +83,7 @@ class RayExecutor(Executor):
             kwargs["num_cpus"] = options["num_cpus"]
         runtime_env: dict[str, Any] = {"env_vars": {"AUDIT_TORCH_THREADS": str(max(1, int(options["cpus_per_job"])))}}
         if options["working_dir"]:
-            runtime_env["working_dir"] = str(Path(specs[0].config_path).parent)
+            runtime_env["working_dir"] = specs[0].root
         kwargs["runtime_env"] = runtime_env
         try:
             ray.init(**kwargs)
@@ -96,8 +95,8 @@ class RayExecutor(Executor):
         task = ray.remote(run_job)
         refs = {}
         for spec in specs:
-            if options["working_dir"]:  # the folder is the task's working directory on every node
-                spec = _relative(spec)
+            if options["working_dir"]:  # the project folder is the task's working directory on every node
+                spec = spec.relocated(".")
             ref = task.options(
                 num_cpus=options["cpus_per_job"],
                 num_gpus=spec.gpus,
@@ -123,9 +122,3 @@ class RayExecutor(Executor):
                         worker="ray",
                     )
                 events.finished(report)
-
-
-def _relative(spec: JobSpec) -> JobSpec:
-    from dataclasses import replace
-
-    return replace(spec, config_path=Path(spec.config_path).name, catalog_path=None)

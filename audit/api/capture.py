@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from audit.errors import ProbeInputError, UsageError
+from audit.api.errors import ProbeInputError, UsageError
 
 OUTPUT = "output"
 

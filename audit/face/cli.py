@@ -7,7 +7,6 @@ configuration or input error, reported as one line with no traceback.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import math
@@ -36,10 +35,11 @@ from rich.table import Table
 
 import audit
 from audit import gates as gates_mod
-from audit.catalog import DEFAULT_WAIT_S, Catalog
+from audit.api.commands import one_line, one_line_errors
+from audit.api.errors import UsageError
+from audit.catalog.store import DEFAULT_WAIT_S, Catalog
 from audit.config import DEFAULT_CATALOG, Config, load_config
-from audit.errors import UsageError
-from audit.plugins import installed_probes, plugin_errors, plugin_manager, probe_origins
+from audit.registry import installed_probes, plugin_errors, plugin_manager, probe_origins
 
 app = typer.Typer(
     name="audit",
@@ -52,34 +52,6 @@ err = Console(stderr=True)
 out = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def one_line_errors(fn: F) -> F:
-    """Turn a UsageError into one line on stderr and exit code 2 — never a traceback.
-
-    Public for plugins: a command added through ``register_commands`` decorates itself with it to behave
-    like the built-in commands.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UsageError as e:
-            err.print(
-                f"[bold red]error:[/] {_one_line(str(e))}", highlight=False, soft_wrap=True, markup=True
-            )
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _one_line(message: str) -> str:
-    """Errors from libraries may carry terminal colour codes or several lines; the CLI shows one clean line."""
-    return rich.markup.escape(" ".join(_ANSI.sub("", message).split()))
 
 
 class OutputFormat(StrEnum):
@@ -165,7 +137,7 @@ def executors(
     ] = OutputFormat.table,
 ) -> None:
     """List the installed executors (where `audit run` executes jobs) with their options."""
-    from audit.plugins import installed_executors
+    from audit.run.executors import installed_executors
 
     found = installed_executors()
     if format is OutputFormat.json:
@@ -255,8 +227,7 @@ def _executor(cfg: Config, name: str | None, workers: int | None, address: str |
     """The executor and its options: `--executor` over the config's [executor] name over the default;
     the config's options apply when it names the same executor; --workers/--address override them."""
     from audit.config import ConfigError
-    from audit.executors import DEFAULT_EXECUTOR
-    from audit.plugins import installed_executors
+    from audit.run.executors import DEFAULT_EXECUTOR, installed_executors
 
     table = dict(cfg.executor)
     configured = table.pop("name", None)
@@ -323,7 +294,9 @@ def run(
     wait: WaitOpt = DEFAULT_WAIT_S,
 ) -> None:
     """Run what audit.toml configures (or the probes named) and record every result in the catalog."""
-    from audit.runner import Runner, partition_jobs, plan, resolve_device
+    from audit.run.devices import resolve_device
+    from audit.run.plan import partition_jobs, plan
+    from audit.run.runner import Runner
 
     cfg = _config(config)
     jobs = plan(cfg, installed_probes(), probe or None, model or None, data or None)
@@ -562,7 +535,7 @@ def report(
     """Write one self-contained HTML report (figures embedded) from the catalog; nothing is recomputed."""
     from rich.progress import SpinnerColumn
 
-    from audit.report import build_report, select_results
+    from audit.face.report import build_report, select_results
 
     target = _writable(out_path)
     cat = _open_catalog(_catalog_path(config, catalog), wait)
@@ -587,7 +560,7 @@ def report(
             on_progress=step,
         )
     for failure in built.failures:
-        err.print(f"[yellow]warning:[/] figure failed: {_one_line(failure)}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] figure failed: {one_line(failure)}", highlight=False, soft_wrap=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(built.html, encoding="utf-8")
@@ -611,14 +584,14 @@ def show(
     wait: WaitOpt = DEFAULT_WAIT_S,
 ) -> None:
     """Show one stored result in the terminal: metrics, parameters, warnings and the probe's own views."""
-    from audit.show import show as show_result
+    from audit.face.show import show as show_result
 
     cat = _open_catalog(_catalog_path(config, catalog), wait)
     view = cat.result_views([cat.resolve_id("result", result)])[0]
     probe_obj = installed_probes().get(view.probe)
     failures = show_result(view, out, tuple(probe_obj.key_metrics) if probe_obj else ())
     for failure in failures:
-        err.print(f"[yellow]warning:[/] view failed: {_one_line(failure)}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] view failed: {one_line(failure)}", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------ catalog export / import
@@ -646,7 +619,7 @@ def catalog_export(
     wait: WaitOpt = DEFAULT_WAIT_S,
 ) -> None:
     """Write every catalog table as Parquet plus a manifest (a shard that `audit catalog import` merges)."""
-    from audit.exchange import export_catalog
+    from audit.catalog.exchange import export_catalog
 
     cat = _open_catalog(_catalog_path(config, catalog), wait)
     runs = [cat.resolve_id("run", r) for r in run_id] if run_id else None
@@ -668,7 +641,7 @@ def catalog_import(
     wait: WaitOpt = DEFAULT_WAIT_S,
 ) -> None:
     """Merge exports or shards into the catalog in one transaction; importing one twice adds nothing."""
-    from audit.exchange import import_catalogs
+    from audit.catalog.exchange import import_catalogs
 
     cat = _open_catalog(_catalog_path(config, catalog), wait)
     report = import_catalogs(cat, directories)
@@ -701,7 +674,7 @@ def demo(
     ] = False,
 ) -> None:
     """Build a small real example project (digits, trained MLPs, an OOD variant) and run every probe on it."""
-    from audit.demo import build_project
+    from audit.face.demo import build_project
 
     project = build_project(dir, console=err, retrain=force)
     err.print(f"example project: {project}/audit.toml", highlight=False)
@@ -761,9 +734,9 @@ def main() -> None:
     try:
         plugin_manager().hook.register_commands(app=app)
         for problem in plugin_errors():
-            err.print(f"[yellow]warning:[/] {_one_line(problem)}", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]warning:[/] {one_line(problem)}", highlight=False, soft_wrap=True)
     except UsageError as e:
-        err.print(f"[bold red]error:[/] {_one_line(str(e))}", highlight=False)
+        err.print(f"[bold red]error:[/] {one_line(str(e))}", highlight=False)
         sys.exit(2)
     app()
 

@@ -1,7 +1,7 @@
 """Loading models and datasets from their specs, and their content fingerprints.
 
 Nothing is unpickled unless the config says ``trust = true``: weights load through safetensors or
-``torch.load(weights_only=True)``, Hugging Face directories from safetensors (see :mod:`audit.libraries`,
+``torch.load(weights_only=True)``, Hugging Face directories from safetensors (see :mod:`audit.run.libraries`,
 which also builds torchvision and timm models by name), arrays through ``np.load(allow_pickle=False)``.
 Datasets are read batch by batch (``.npy`` memory-mapped, ``.parquet`` in chunks through DuckDB), so
 memory follows the batch size, not the dataset size. Fingerprints hash content, not paths, so moving a
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from audit import libraries
-from audit.capture import select_output
-from audit.config import DatasetSpec, ModelSpec
-from audit.errors import UsageError
+from audit.api.capture import select_output
+from audit.api.errors import UsageError
+from audit.run import libraries
+from audit.specs import DatasetSpec, ModelSpec
 
 _CHUNK = 1 << 20
 

@@ -4,7 +4,7 @@
 Nothing is downloaded. A Hugging Face directory loads with ``local_files_only=True`` under
 ``HF_HUB_OFFLINE=1`` and from safetensors only (a ``pytorch_model.bin`` is a pickle); torchvision models
 are built with ``weights=None`` and timm models with ``pretrained=False``, and take their trained weights
-from a local file (``weights = ...``, loaded by :mod:`audit.sources` like a factory's). Each library is
+from a local file (``weights = ...``, loaded by :mod:`audit.run.sources` like a factory's). Each library is
 imported only when a model needs it: ``import transformers`` alone costs seconds.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from audit.config import HF_CONFIG, MODEL_LIBRARIES, ModelSpec
-from audit.errors import UsageError
+from audit.api.errors import UsageError
+from audit.specs import HF_CONFIG, MODEL_LIBRARIES, ModelSpec
 
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 # a model built without weights is random: a fixed seed makes it the same model at every load, so that

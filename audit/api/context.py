@@ -13,8 +13,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from audit import capture
-from audit.errors import ProbeInputError
+from audit.api import capture
+from audit.api.errors import ProbeInputError
 
 OUTPUTS_KIND = "outputs"
 
@@ -120,7 +120,7 @@ class Context:
         """Stream (activations of `layers`, output, targets) batch by batch on the job's device.
 
         Activations are batch-first and are the values each layer produced, whatever the model wrote in
-        place afterwards (see :mod:`audit.capture`).
+        place afterwards (see :mod:`audit.api.capture`).
         """
         axes = self.survey(model, dataset).axes(layers)
         return capture.stream_activations(
@@ -131,7 +131,7 @@ class Context:
         self, model: ModelHandle, patterns: list[str] | None, dataset: DatasetHandle | None = None
     ) -> list[str]:
         """Layer names for `patterns` (empty: the default layers), checked against a forward pass of the
-        model on `dataset` (default: the job's first): see :meth:`audit.capture.Survey.resolve`."""
+        model on `dataset` (default: the job's first): see :meth:`audit.api.capture.Survey.resolve`."""
         return self.survey(model, dataset).resolve(patterns)
 
     def model_outputs(

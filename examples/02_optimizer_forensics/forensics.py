@@ -1,7 +1,9 @@
-"""`audit entk-forensics`: the optimizer-forensics experiment of :mod:`.forensics` as a CLI command.
+"""The optimizer-forensics experiment without checkpoints or a catalog: `python forensics.py [--dim 1000 ...]`.
 
-Registered by the `entk` plugin's ``register_commands`` hook. torch and the experiment are imported inside
-the command, so `audit --help` does not load them.
+Wang et al. (2023) in one command: train one two-layer student four ways (GD, small- and large-step SGD,
+Adam), then name each optimizer from the weight spectra the `entk` probe measures
+(:mod:`model_audit_probes.entk.forensics` holds the recipe and the rule). It measures outside `audit run`
+and records nothing; `make_data.py` + `audit run` is the catalogued version of the same experiment.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from audit.cli import one_line_errors
-from audit.errors import UsageError
+from audit.api.commands import one_line_errors
+from audit.api.errors import UsageError
 
 # The defaults of forensics.run_experiment (repeated here so that --help needs no torch import).
 DEFAULT_DIM = 400
@@ -293,5 +295,8 @@ def entk_forensics(
             out.print(escape(line), highlight=False)
 
 
-def register(app: typer.Typer) -> None:
-    app.command(name="entk-forensics")(entk_forensics)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command()(entk_forensics)
+
+if __name__ == "__main__":
+    app()

@@ -2,11 +2,11 @@
 
 An executor is registered through the ``register_executors`` hook, exactly like a probe, and chosen with
 ``audit run --executor NAME`` or an ``[executor]`` table in audit.toml (``name`` plus the executor's own
-options, declared as :class:`~audit.probe.Param` and validated the same way). The driver (the runner) keeps
-everything that touches the catalog; an executor only moves :class:`~audit.worker.JobSpec` values to workers
-and :class:`~audit.worker.JobReport` values back, calling the driver's :class:`JobEvents` as things happen.
+options, declared as :class:`~audit.api.probe.Param` and validated the same way). The driver (the runner) keeps
+everything that touches the catalog; an executor only moves :class:`~audit.run.worker.JobSpec` values to workers
+and :class:`~audit.run.worker.JobReport` values back, calling the driver's :class:`JobEvents` as things happen.
 Its one promise: every spec it is given gets exactly one ``finished`` report — ok or error — unless the
-driver aborts the run (a ``finished`` call raising a :class:`~audit.errors.UsageError`), in which case the
+driver aborts the run (a ``finished`` call raising a :class:`~audit.api.errors.UsageError`), in which case the
 executor stops its workers and lets the exception through.
 
 Built in:
@@ -30,14 +30,15 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from multiprocessing.connection import Connection, wait
 from typing import Any, ClassVar, Protocol
 
 import torch
 
-from audit.context import Progress
-from audit.probe import Param
-from audit.worker import JobReport, JobSpec, WorkerState, execute
+from audit.api.context import Progress
+from audit.api.probe import Param
+from audit.run.worker import JobReport, JobSpec, WorkerState, execute
 
 DEFAULT_EXECUTOR = "local"
 
@@ -314,3 +315,15 @@ def _worker_main(conn: Connection, name: str, device: str, threads: int) -> None
 
 
 BUILTIN: tuple[type[Executor], ...] = (InlineExecutor, LocalExecutor)
+
+
+@lru_cache(maxsize=1)
+def installed_executors() -> dict[str, Executor]:
+    """Every executor by name: the built-in ``inline`` and ``local``, then those plugins register."""
+    from audit.registry import collect
+
+    found: dict[str, Executor] = {cls.name: cls() for cls in BUILTIN}
+    seen = {name: "model-audit" for name in found}
+    for executor, _ in collect("register_executors", "executor", Executor, "an audit executor", seen):
+        found[executor.name] = executor
+    return found

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
-import itertools
 import json
 import platform
 import socket
@@ -23,140 +22,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 import audit
-from audit import sources
-from audit.catalog import Catalog, CatalogOutputCache, StoredResult
-from audit.config import Config, ProbeEntry
-from audit.context import Progress, no_progress
-from audit.errors import UsageError
-from audit.probe import Probe
-from audit.worker import JobReport, JobSpec, WorkerState
+from audit.api.context import Progress, no_progress
+from audit.api.errors import UsageError
+from audit.catalog.store import Catalog, CatalogOutputCache, StoredResult
+from audit.config import Config
+from audit.run import sources
+from audit.run.plan import Job
+from audit.run.worker import JobReport, JobSpec, WorkerState
+from audit.specs import as_json
 
 if TYPE_CHECKING:
-    from audit.executors import Executor
-
-
-@dataclass(frozen=True)
-class Job:
-    probe: Probe
-    entry_index: int
-    models: tuple[str, ...]
-    datasets: tuple[str, ...]
-    params: dict[str, Any]
-
-    @property
-    def label(self) -> str:
-        parts = [self.probe.name, ",".join(self.models)]
-        if self.datasets:
-            parts.append("on " + ",".join(self.datasets))
-        return " ".join(p for p in parts if p)
-
-
-def _split(names: list[str], bounds: tuple[int, int | None]) -> list[tuple[str, ...]]:
-    """One group per name when the probe takes one at a time, else all names as one group."""
-    if bounds[1] == 1:
-        return [(n,) for n in names]
-    return [tuple(names)]
-
-
-def plan(
-    config: Config,
-    probes: dict[str, Probe],
-    only_probes: list[str] | None = None,
-    only_models: list[str] | None = None,
-    only_datasets: list[str] | None = None,
-) -> list[Job]:
-    """The jobs of the configured probe entries (or of probes named on the command line), filtered."""
-    for name in only_probes or []:
-        if name not in probes:
-            raise UsageError(f"unknown probe {name!r} (installed: {', '.join(probes) or 'none'})")
-    for name in only_models or []:
-        if name not in config.models:
-            raise UsageError(
-                f"unknown model {name!r} (in {config.path.name}: {', '.join(config.models) or 'none'})"
-            )
-    for name in only_datasets or []:
-        if name not in config.datasets:
-            raise UsageError(
-                f"unknown dataset {name!r} (in {config.path.name}: {', '.join(config.datasets) or 'none'})"
-            )
-    entries = list(config.probes)
-    for name in only_probes or []:
-        if not any(e.probe == name for e in entries):  # named on the command line but not configured
-            probe = probes[name]
-            entries.append(
-                ProbeEntry(
-                    -1,
-                    name,
-                    only_models or list(config.models) if probe.needs.models[0] else [],
-                    only_datasets or list(config.datasets) if probe.needs.datasets[0] else [],
-                    probe.validate_params({}),
-                )
-            )
-    jobs: list[Job] = []
-    for entry in entries:
-        if only_probes and entry.probe not in only_probes:
-            continue
-        probe = probes[entry.probe]
-        for models, datasets in itertools.product(
-            _split(entry.models, probe.needs.models) or [()],
-            _split(entry.datasets, probe.needs.datasets) or [()],
-        ):
-            if only_models and not set(models) & set(only_models):
-                continue
-            if only_datasets and not set(datasets) & set(only_datasets):
-                continue
-            _check_counts(probe, entry, models, datasets)
-            jobs.append(Job(probe, entry.index, models, datasets, entry.params))
-    return jobs
-
-
-def _check_counts(
-    probe: Probe, entry: ProbeEntry, models: tuple[str, ...], datasets: tuple[str, ...]
-) -> None:
-    where = f"probes[{entry.index}]" if entry.index >= 0 else f"probe {probe.name!r}"
-    for what, got, (lo, hi) in (
-        ("models", models, probe.needs.models),
-        ("datasets", datasets, probe.needs.datasets),
-    ):
-        if len(got) < lo or (hi is not None and len(got) > hi):
-            want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any number'}"
-            raise UsageError(f"{where}: probe {probe.name!r} takes {want} {what} per job, got {len(got)}")
-    message = probe.check_job(len(models), len(datasets))
-    if message:
-        raise UsageError(f"{where}: {message}")
-
-
-def single_threaded_blas():
-    """NumPy/SciPy's BLAS on one thread while a probe runs; torch keeps its intra-op threads.
-
-    Both pools busy-wait: with torch's OpenMP threads and OpenBLAS's threads on the same cores, a probe that
-    alternates small torch and NumPy products slowed 20-40× on 2 cores (measured: the embedding probe on the
-    demo, 3.7 s pinned, 155 s unpinned with one other busy process). A probe's heavy products go through
-    torch, on the job's device, so NumPy loses little by running on one thread.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency; stay usable without it
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def resolve_device(requested: str) -> torch.device:
-    """auto → the first CUDA device when there is one, else the CPU; cuda[:N] must exist."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {requested!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {requested}: CUDA is not available on this machine (use auto or cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif device.type != "cpu":
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {requested!r}")
-    return device
+    from audit.run.executors import Executor
 
 
 def _git_commit(root: Path) -> str | None:
@@ -219,7 +95,7 @@ class Runner:
     """Runs jobs for one configuration against one catalog; the only writer of that catalog.
 
     The runner is the driver: it fingerprints inputs, skips jobs the catalog already holds, hands the rest to
-    an executor (:mod:`audit.executors`: in this process, a local process pool, a Ray cluster) and records
+    an executor (:mod:`audit.run.executors`: in this process, a local process pool, a Ray cluster) and records
     each report the moment it arrives — one transaction per job — so a run killed at any point keeps every
     finished result and the next run resumes from there.
     """
@@ -235,11 +111,10 @@ class Runner:
         # the driver's own worker state: the inline executor runs jobs with it, and the driver loads its
         # datasets through it (for fingerprints), so an inline job reuses what fingerprinting loaded
         self.inline_state = WorkerState("driver", None, output_cache=self.output_cache)
-        self.inline_state.adopt_config(config)
         self._model_fps: dict[str, str] = {}
 
     def dataset(self, name: str) -> sources.Dataset:
-        return self.inline_state.dataset(self.config, name)
+        return self.inline_state.dataset(self.config.datasets[name], self.config.root)
 
     def model_fingerprint(self, name: str) -> str:
         if name not in self._model_fps:
@@ -257,26 +132,32 @@ class Runner:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
-    def spec(self, index: int, job: Job, key: str) -> JobSpec:
-        """The job as plain data for a worker (see :class:`audit.worker.JobSpec`)."""
+    def spec(self, index: int, job: Job, key: str, with_outputs: bool = False) -> JobSpec:
+        """The job as plain data for a worker (see :class:`audit.run.worker.JobSpec`); `with_outputs` adds the
+        model outputs the catalog holds for its models and datasets (none under ``--force``)."""
         seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}:{key}".encode()).digest()[:4], "little")
         fingerprints = {f"model:{m}": self.model_fingerprint(m) for m in job.models}
         fingerprints |= {f"dataset:{d}": self.dataset(d).fingerprint for d in job.datasets}
+        outputs = {}
+        if with_outputs and not self.force:
+            pairs = [
+                (fingerprints[f"model:{m}"], fingerprints[f"dataset:{d}"]) for m in job.models for d in job.datasets
+            ]
+            outputs = self.catalog.outputs_for(pairs)
         return JobSpec(
             index=index,
             label=job.label,
             probe=job.probe.name,
-            models=job.models,
-            datasets=job.datasets,
+            models=tuple(self.config.models[m] for m in job.models),
+            datasets=tuple(self.config.datasets[d] for d in job.datasets),
             params=dict(job.params),
             cache_key=key,
             seed=seed,
-            config_path=str(self.config.path),
+            root=str(self.config.root),
             fingerprints=fingerprints,
             device=str(self.device),
             gpus=job.probe.needs.gpus if self.device.type == "cuda" else 0.0,
-            catalog_path=str(self.catalog.path),
-            refresh_outputs=self.force,
+            outputs=outputs,
         )
 
     def run(
@@ -288,7 +169,7 @@ class Runner:
         executor_options: dict[str, Any] | None = None,
     ) -> RunSummary:
         """Run `jobs` on `executor` (default: in this process) and record every outcome as it arrives."""
-        from audit.executors import DriverInfo, InlineExecutor
+        from audit.run.executors import DriverInfo, InlineExecutor
 
         display = display or _Quiet()
         executor = executor or InlineExecutor()
@@ -308,7 +189,7 @@ class Runner:
                     outcomes[i] = JobOutcome(job, "reused", cached)
                     display.job_finished(outcomes[i])
                 else:
-                    specs.append(self.spec(i, job, key))
+                    specs.append(self.spec(i, job, key, with_outputs=executor.name != "inline"))
             events = _DriverEvents(self, run_id, jobs, outcomes, display)
             executor.run(specs, events, options, DriverInfo(self.device, self.inline_state))
             missing = [s.label for s in specs if s.index not in outcomes]
@@ -351,12 +232,12 @@ class Runner:
         data_names = sorted({d for j in jobs for d in j.datasets})
         self.catalog.record_sources(
             "models",
-            [(self.model_fingerprint(m), m, _spec_json(self.config.models[m]), None) for m in model_names],
+            [(self.model_fingerprint(m), m, as_json(self.config.models[m]), None) for m in model_names],
         )
         self.catalog.record_sources(
             "datasets",
             [
-                (self.dataset(d).fingerprint, d, _spec_json(self.config.datasets[d]), self.dataset(d).n)
+                (self.dataset(d).fingerprint, d, as_json(self.config.datasets[d]), self.dataset(d).n)
                 for d in data_names
             ],
         )
@@ -383,7 +264,7 @@ class Runner:
 
 
 class _DriverEvents:
-    """The runner's side of :class:`audit.executors.JobEvents`: record each report as it arrives."""
+    """The runner's side of :class:`audit.run.executors.JobEvents`: record each report as it arrives."""
 
     def __init__(self, runner: Runner, run_id: str, jobs: list[Job], outcomes: dict[int, JobOutcome], display):
         self.runner, self.run_id, self.jobs, self.outcomes, self.display = runner, run_id, jobs, outcomes, display
@@ -411,18 +292,4 @@ class _DriverEvents:
         self.display.job_finished(outcome)
 
 
-def _spec_json(spec: Any) -> dict[str, Any]:
-    return {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(spec).items() if v not in (None, {}, [])
-    }
-
-
-
-
-def partition_jobs(jobs: list[Job], keys: list[str], k: int, n: int) -> list[Job]:
-    """The K-th of N disjoint shares of the jobs (1-based), by cache key: stable when the config is reordered
-    or edited elsewhere, so N array tasks (one node each, separate catalogs) split the work exactly once."""
-    return [job for job, key in zip(jobs, keys, strict=True) if int(key[:12], 16) % n == k - 1]
-
-
-__all__ = ["Job", "JobOutcome", "RunSummary", "Runner", "partition_jobs", "plan", "resolve_device"]
+__all__ = ["JobOutcome", "RunSummary", "Runner"]

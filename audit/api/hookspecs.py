@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     import typer
     from rich.console import RenderableType
 
-    from audit.executors import Executor
-    from audit.figures import Figure
-    from audit.probe import Probe
-    from audit.results import ResultView
+    from audit.api.figures import Figure
+    from audit.api.probe import Probe
+    from audit.api.results import ResultView
+    from audit.run.executors import Executor
 
 PROJECT = "model_audit"
 
@@ -60,13 +60,13 @@ def register_commands(app: typer.Typer) -> None:
 def render_figures(result: ResultView) -> list[Figure] | None:
     """Figures of one stored result for `audit report`; return None for a result of another probe.
 
-    ``result`` (:class:`audit.results.ResultView`) is read back from the catalog: ``probe``, ``version``,
+    ``result`` (:class:`audit.api.results.ResultView`) is read back from the catalog: ``probe``, ``version``,
     ``result_id``, ``run_id``, ``params``, ``models``, ``datasets``, ``warnings``, ``metrics`` (rows of
     name, value, model, dataset; ``result.metric(name, model=..., dataset=...)`` picks one) and
     ``arrays`` (loaded on first use). Draw only from these — a report never recomputes a probe or loads a
     model — and check ``result.probe`` (and, if the stored arrays changed across versions,
     ``result.version``) first. Return :class:`audit.Figure` values (PNG or SVG; ``Figure.from_matplotlib``
-    renders a ``matplotlib.figure.Figure``, see :func:`audit.figures.canvas`).
+    renders a ``matplotlib.figure.Figure``, see :func:`audit.api.figures.canvas`).
 
     Every plugin is asked about every result, so a third-party plugin may also draw figures for another
     probe's results. A renderer that raises loses only its own figures: the report says "figure failed"
@@ -79,7 +79,7 @@ def render_terminal(result: ResultView) -> list[RenderableType] | None:
     """Rich renderables shown by `audit show RESULT` below the result's metrics; None for other probes.
 
     Same ``result`` and rules as :func:`render_figures`; e.g. the `cka` probe shows its layer×layer
-    matrix as a coloured grid with :func:`audit.show.matrix_grid`. A renderer that raises is reported
+    matrix as a coloured grid with :func:`audit.api.terminal.matrix_grid`. A renderer that raises is reported
     as a warning and the rest of the view is still shown.
     """
 
@@ -89,5 +89,5 @@ def register_executors(register: Callable[[Executor], None]) -> None:
     """Register executors (where a run's jobs execute) by calling ``register(executor_instance)``.
 
     The built-in ``inline`` and ``local`` executors and the optional ``ray`` one register this way; an
-    executor's name must be unique. See :mod:`audit.executors` for the contract.
+    executor's name must be unique. See :mod:`audit.run.executors` for the contract.
     """

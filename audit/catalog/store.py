@@ -23,11 +23,11 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from audit.errors import CatalogBusyError, UsageError
-from audit.migrations import MIGRATIONS
-from audit.results import ResultView, StoredMetric
+from audit.api.errors import CatalogBusyError, UsageError
+from audit.api.results import ResultView, StoredMetric
+from audit.catalog import DEFAULT_WAIT_S
+from audit.catalog.migrations import MIGRATIONS
 
-DEFAULT_WAIT_S = 60.0
 _ARRAYS_BATCHED_UP_TO = 4096  # elements; larger arrays are inserted one statement each
 
 
@@ -398,6 +398,28 @@ class Catalog:
                 return None
         return None if row is None else _decode(*row)
 
+    def outputs_for(
+        self, pairs: list[tuple[str, str]]
+    ) -> dict[tuple[str, str, str], np.ndarray]:
+        """Every stored output (all kinds) of these (model fingerprint, dataset fingerprint) pairs: what the
+        driver sends a worker with its job, so that a worker never opens the catalog."""
+        if not pairs or not self.path.exists():
+            return {}
+        found: dict[tuple[str, str, str], np.ndarray] = {}
+        with self.reader() as con:
+            for model_fp, dataset_fp in dict.fromkeys(pairs):
+                try:
+                    rows = con.execute(
+                        "select kind, dtype, shape, numbers, strings from model_outputs "
+                        "where model_fingerprint = ? and dataset_fingerprint = ?",
+                        [model_fp, dataset_fp],
+                    ).fetchall()
+                except duckdb.CatalogException:  # a catalog not yet migrated to the table: nothing cached
+                    return {}
+                for kind, *encoded in rows:
+                    found[(model_fp, dataset_fp, kind)] = _decode(*encoded)
+        return found
+
     def store_outputs(
         self, model_fp: str, dataset_fp: str, kind: str, array: np.ndarray, replace: bool = False
     ) -> bool:
@@ -449,7 +471,7 @@ class Catalog:
 
 
 class CatalogOutputCache:
-    """The catalog as a :class:`audit.context.Context`'s cache of model outputs (the runner's).
+    """The catalog as a :class:`audit.api.context.Context`'s cache of model outputs (the runner's).
 
     With ``refresh`` (``audit run --force``) what the catalog already holds is not read: each
     (model, dataset, kind) is recomputed once in this run and replaces the stored row, and later jobs of

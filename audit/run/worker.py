@@ -1,15 +1,17 @@
 """Running one job wherever it lands: the driver's own process, a local worker process, or a Ray worker.
 
-The driver turns each job into a :class:`JobSpec` — plain, picklable data naming the config file, the probe,
-the models and datasets with their fingerprints, the parameters, the cache key and the seed — and a worker
-turns it into a :class:`JobReport` with :func:`execute`. A worker never writes the catalog (DuckDB allows one
+The driver turns each job into a :class:`JobSpec` — plain, picklable data: the probe's name, the resolved
+model and dataset specs with their fingerprints, the validated parameters, the cache key, the seed, the
+device and the cached model outputs it may reuse — and a worker turns it into a :class:`JobReport` with
+:func:`execute`, importing only the probe contract, the plugin manager and the sources. A worker never
+writes the catalog (DuckDB allows one
 writing process): the report carries the metrics, arrays and any model outputs it computed, and the driver
 records them in one transaction per job.
 
 Failures are sorted here, once for every executor:
 
 * a probe that raises → an ``error`` report with its traceback (the run goes on);
-* a :class:`~audit.errors.UsageError` (weights that do not fit a model, an unreadable file) → a
+* a :class:`~audit.api.errors.UsageError` (weights that do not fit a model, an unreadable file) → a
   ``usage_error`` report; the driver stops the run with exit code 2, as a local run always did;
 * out of memory (``torch.cuda.OutOfMemoryError``, or an allocator's "out of memory") → when the probe declares
   an ``oom_param`` (a parameter that bounds memory without changing the result, e.g. a forward-pass batch
@@ -23,36 +25,62 @@ import gc
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from audit import sources
-from audit.context import Context, DatasetHandle, ModelHandle, ProgressFactory, no_progress
-from audit.errors import ProbeInputError, UsageError
+from audit.api.context import Context, DatasetHandle, ModelHandle, ProgressFactory, no_progress
+from audit.api.errors import ProbeInputError, UsageError
+from audit.run import sources
+from audit.run.devices import single_threaded_blas
+from audit.specs import DatasetSpec, ModelSpec, relocated
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a worker needs to run one job (no live objects: it crosses process and machine lines)."""
+    """Everything a worker needs to run one job, as plain data (it crosses process and machine lines).
+
+    The driver resolves it all: the models' and datasets' specs with their fingerprints, the validated
+    parameters, the seed, the device, the project folder (factory modules are imported from there) and the
+    model outputs the catalog already holds for these models and datasets. A worker reads no `audit.toml`
+    and opens no catalog.
+    """
 
     index: int  # the job's position in the run (reports are matched back by it)
     label: str
     probe: str
-    models: tuple[str, ...]
-    datasets: tuple[str, ...]
+    models: tuple[ModelSpec, ...]
+    datasets: tuple[DatasetSpec, ...]
     params: dict[str, Any]
     cache_key: str
     seed: int
-    config_path: str
+    root: str  # the project folder: relative imports of factory modules start here
     fingerprints: dict[str, str]  # "model:<name>" / "dataset:<name>" → content fingerprint
     device: str
     gpus: float = 0.0  # the GPU share the job asks a scheduler for (0 on a CPU run)
-    catalog_path: str | None = None  # read (never written) for cached model outputs; None: no lookups
-    refresh_outputs: bool = False  # `--force`: recompute model outputs instead of reading them
+    # cached model outputs the driver read from the catalog: (model fp, dataset fp, kind) → array
+    outputs: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    @property
+    def dataset_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.datasets)
+
+    def relocated(self, root: str | Path) -> JobSpec:
+        """This job for a worker whose copy of the project lies at `root` (e.g. a Ray node's working dir)."""
+        old, new = Path(self.root), Path(root)
+        return replace(
+            self,
+            root=str(new),
+            models=tuple(relocated(m, old, new) for m in self.models),
+            datasets=tuple(relocated(d, old, new) for d in self.datasets),
+        )
 
 
 @dataclass
@@ -73,27 +101,19 @@ class JobReport:
 
 
 class WorkerOutputCache:
-    """The output cache a worker uses: its own memory, then the catalog read-only (when it can get in at once:
-    the driver may be writing), and every new array is handed to the driver through the report."""
+    """The output cache a worker uses: its own memory, then what the driver sent with the job; every new
+    array goes back to the driver through the report (the driver alone writes the catalog)."""
 
-    def __init__(self, catalog_path: str | None, refresh: bool):
+    def __init__(self) -> None:
         self.memory: dict[tuple[str, str, str], np.ndarray] = {}
-        self.catalog_path = catalog_path
-        self.refresh = refresh
         self.new: list[tuple[str, str, str, np.ndarray]] = []
 
-    def get(self, model_fp: str, dataset_fp: str, kind: str) -> np.ndarray | None:
-        key = (model_fp, dataset_fp, kind)
-        if key in self.memory:
-            return self.memory[key]
-        if self.refresh or self.catalog_path is None or not Path(self.catalog_path).exists():
-            return None
-        from audit.catalog import Catalog
+    def offer(self, outputs: dict[tuple[str, str, str], np.ndarray]) -> None:
+        for key, array in outputs.items():
+            self.memory.setdefault(key, array)
 
-        try:
-            return Catalog(Path(self.catalog_path), wait_s=0).cached_outputs(*key)
-        except Exception:  # locked by the driver at this instant, or older than the outputs table: a miss
-            return None
+    def get(self, model_fp: str, dataset_fp: str, kind: str) -> np.ndarray | None:
+        return self.memory.get((model_fp, dataset_fp, kind))
 
     def put(self, model_fp: str, dataset_fp: str, kind: str, array: np.ndarray) -> None:
         self.memory[(model_fp, dataset_fp, kind)] = array
@@ -101,7 +121,7 @@ class WorkerOutputCache:
 
 
 class WorkerState:
-    """What a worker keeps between jobs: parsed configs, loaded datasets, computed model outputs.
+    """What a worker keeps between jobs: loaded datasets and computed model outputs.
 
     ``output_cache`` overrides the worker cache — the driver's inline executor passes the catalog's own.
     """
@@ -109,37 +129,22 @@ class WorkerState:
     def __init__(self, name: str = "", device: str | None = None, output_cache: Any = None):
         self.name = name
         self.device = device  # a worker bound to one GPU runs every job there
-        self._configs: dict[str, Any] = {}
         self._datasets: dict[tuple[str, str], sources.Dataset] = {}
         self._output_cache = output_cache
-        self._worker_caches: dict[tuple[str | None, bool], WorkerOutputCache] = {}
+        self._worker_cache = WorkerOutputCache()
         self.probes: dict[str, Any] = {}  # probe objects the driver hands its inline worker (else: installed)
 
-    def adopt_config(self, config) -> None:
-        """Use an already parsed config for its path (the driver's own, so it is not parsed twice)."""
-        self._configs[str(config.path)] = config
-
-    def config(self, path: str):
-        if path not in self._configs:
-            from audit.config import load_config
-            from audit.plugins import installed_probes
-
-            self._configs[path] = load_config(Path(path), installed_probes())
-        return self._configs[path]
-
-    def dataset(self, config, name: str) -> sources.Dataset:
-        key = (str(config.path), name)
+    def dataset(self, spec: DatasetSpec, root: str | Path) -> sources.Dataset:
+        key = (str(root), repr(spec))  # a spec holds dicts (kwargs): its repr is the key
         if key not in self._datasets:
-            self._datasets[key] = sources.load_dataset(config.datasets[name], config.root)
+            self._datasets[key] = sources.load_dataset(spec, Path(root))
         return self._datasets[key]
 
     def cache(self, spec: JobSpec):
         if self._output_cache is not None:
             return self._output_cache
-        key = (spec.catalog_path, spec.refresh_outputs)
-        if key not in self._worker_caches:
-            self._worker_caches[key] = WorkerOutputCache(spec.catalog_path, spec.refresh_outputs)
-        return self._worker_caches[key]
+        self._worker_cache.offer(spec.outputs)
+        return self._worker_cache
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -151,21 +156,20 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 def execute(spec: JobSpec, state: WorkerState, progress_factory: ProgressFactory = no_progress) -> JobReport:
     """Run one job and report; never raises for a probe's failure (see the module docstring)."""
-    from audit.plugins import installed_probes
-    from audit.runner import single_threaded_blas
+    from audit.registry import installed_probes
 
     device_name = state.device or spec.device
     start = time.perf_counter()
     try:
-        config = state.config(spec.config_path)
         probe = state.probes.get(spec.probe) or installed_probes().get(spec.probe)
         if probe is None:
             raise UsageError(f"probe {spec.probe!r} is not installed on worker {state.name or 'here'}")
         device = torch.device(device_name)
         models = [
-            ModelHandle(m, spec.fingerprints[f"model:{m}"], _loader(config, m, device)) for m in spec.models
+            ModelHandle(m.name, spec.fingerprints[f"model:{m.name}"], _loader(m, spec.root, device))
+            for m in spec.models
         ]
-        datasets = [_dataset_handle(state.dataset(config, d)) for d in spec.datasets]
+        datasets = [_dataset_handle(state.dataset(d, spec.root)) for d in spec.datasets]
     except UsageError as e:
         return JobReport(spec.index, "usage_error", str(e), device=device_name, worker=state.name)
     cache = state.cache(spec)
@@ -234,9 +238,8 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _loader(config, name: str, device: torch.device) -> Callable[[], torch.nn.Module]:
-    spec = config.models[name]
-    return lambda: sources.load_model(spec, config.root, device)
+def _loader(spec: ModelSpec, root: str, device: torch.device) -> Callable[[], torch.nn.Module]:
+    return lambda: sources.load_model(spec, Path(root), device)
 
 
 def _dataset_handle(data: sources.Dataset) -> DatasetHandle:

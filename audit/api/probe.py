@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from audit.context import Context
+    from audit.api.context import Context
 
 _TYPE_NAMES = {
     int: "an integer",
@@ -144,7 +144,7 @@ class Probe:
     needs: ClassVar[Needs] = Needs()
     key_metrics: ClassVar[tuple[str, ...]] = ()  # the metrics summaries show first (empty: all of them)
     # a parameter that bounds a job's memory without changing its result (e.g. a forward-pass batch size):
-    # on out-of-memory the job is retried with it halved (audit.worker). None: out-of-memory is an error.
+    # on out-of-memory the job is retried with it halved (audit.run.worker). None: out-of-memory is an error.
     oom_param: ClassVar[str | None] = None
 
     def check_job(self, n_models: int, n_datasets: int) -> str | None:

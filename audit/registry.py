@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
-from audit import hookspecs
-from audit.errors import UsageError
-from audit.probe import Probe
-
-if TYPE_CHECKING:
-    from audit.executors import Executor
+from audit.api import hookspecs
+from audit.api.errors import UsageError
+from audit.api.probe import Probe
 
 _errors: list[str] = []
 _origins: dict[str, str] = {}  # plugin name -> "distribution version"
@@ -46,7 +43,7 @@ def plugin_errors() -> list[str]:
     return list(_errors)
 
 
-def _collect(hook: str, what: str, kind: type, kind_label: str, seen: dict[str, str]) -> list[tuple[Any, str]]:
+def collect(hook: str, what: str, kind: type, kind_label: str, seen: dict[str, str]) -> list[tuple[Any, str]]:
     """Call every plugin's `hook` on its own and return the (object, origin) pairs it registered.
 
     One plugin's failure is recorded and skipped; an object of the wrong type, or a name already in `seen`
@@ -84,7 +81,7 @@ def _registrations() -> tuple[tuple[Probe, str], ...]:
 
     Each plugin's hook is called on its own so that a name clash can name both plugins.
     """
-    out = _collect("register_probes", "probe", Probe, "an audit.Probe", {})
+    out = collect("register_probes", "probe", Probe, "an audit.Probe", {})
     return tuple(sorted(out, key=lambda pair: pair[0].name))
 
 
@@ -96,15 +93,3 @@ def installed_probes() -> dict[str, Probe]:
 def probe_origins() -> dict[str, str]:
     """Probe name → the distribution that registered it (shown by `audit probes`)."""
     return {probe.name: origin for probe, origin in _registrations()}
-
-
-@lru_cache(maxsize=1)
-def installed_executors() -> dict[str, Executor]:
-    """Every executor by name: the built-in ``inline`` and ``local``, then those plugins register."""
-    from audit.executors import BUILTIN, Executor
-
-    found: dict[str, Executor] = {cls.name: cls() for cls in BUILTIN}
-    seen = {name: "model-audit" for name in found}
-    for executor, _ in _collect("register_executors", "executor", Executor, "an audit executor", seen):
-        found[executor.name] = executor
-    return found

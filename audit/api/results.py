@@ -1,6 +1,6 @@
 """Stored results as read back from the catalog: the read-only records reports and renderers see.
 
-Kept apart from :mod:`audit.catalog` (and DuckDB) so that a plugin importing ``audit`` for these types
+Kept apart from :mod:`audit.catalog.store` (and DuckDB) so that a plugin importing ``audit`` for these types
 pays nothing for the database driver; the catalog builds them (``Catalog.result_views``).
 """
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from audit.errors import UsageError
-from audit.plugins import installed_probes
+from audit.api.errors import UsageError
+from audit.registry import installed_probes
 
 MODELS = {"mlp_a": {"width": 128, "depth": 6, "seed": 0}, "mlp_b": {"width": 96, "depth": 6, "seed": 1}}
 # A seed ensemble (one recipe, seeds 100–109: the family `seed/*` from one glob of checkpoints) and
@@ -168,7 +168,7 @@ def build_project(directory: Path, console=None, retrain: bool = False) -> Path:
     directory = Path(directory).resolve()
     (directory / "models").mkdir(parents=True, exist_ok=True)
     (directory / "data").mkdir(exist_ok=True)
-    template = resources.files("audit") / "templates" / "demo_models.py"
+    template = resources.files("audit.face") / "templates" / "demo_models.py"
     (directory / "demo_models.py").write_text(template.read_text())
 
     x, y = _digits()

@@ -2,35 +2,33 @@
 
 Why a value type and not matplotlib objects: a report embeds finished images (PNG bytes or SVG text), so
 a probe may draw with anything; the core never needs to know how. A probe implements the
-``render_figures`` hook (see :mod:`audit.hookspecs`), looks at ``result.probe``, and returns
+``render_figures`` hook (see :mod:`audit.api.hookspecs`), looks at ``result.probe``, and returns
 :class:`Figure` values drawn only from what the result stored — a report never recomputes a probe.
 
 Helpers for the common case (matplotlib, no pyplot global state)::
 
     from audit import Figure
-    from audit.figures import canvas
+    from audit.api.figures import canvas
 
     fig = canvas(8, 3.5, ncols=2)            # a matplotlib.figure.Figure, constrained layout
     ax_left, ax_right = fig.axes
     ...
     return [Figure.from_matplotlib(fig, "title", "caption", model="m", dataset="d")]
 
-:func:`collect_figures` calls each plugin's renderer on its own, so a renderer that raises costs only
-its own figures: the report shows "figure failed: …" and goes on.
+:func:`audit.face.rendering.collect_figures` calls each plugin's renderer on its own, so a renderer that
+raises costs only its own figures: the report shows "figure failed: …" and goes on.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import matplotlib.figure
 
-    from audit.results import ResultView
 
 # resolution of PNGs rendered from matplotlib: sharp on a laptop screen, ~50–150 kB a figure
 DEFAULT_DPI = 110
@@ -99,60 +97,3 @@ def canvas(
     if nrows * ncols:
         fig.subplots(nrows, ncols, squeeze=False, subplot_kw=subplot_kw or None)
     return fig
-
-
-@dataclass(frozen=True)
-class RenderOutcome:
-    """Every plugin's figures for one stored result, and one line per renderer that failed."""
-
-    figures: tuple[Figure, ...]
-    failures: tuple[str, ...]
-
-
-def _implementations(hook_name: str) -> list[tuple[str, Callable[..., Any], Sequence[str]]]:
-    from audit.plugins import plugin_manager
-
-    pm = plugin_manager()
-    caller = getattr(pm.hook, hook_name)
-    return [
-        (impl.plugin_name, impl.function, impl.argnames)
-        for impl in caller.get_hookimpls()
-        if not (impl.hookwrapper or impl.wrapper)  # wrappers wrap a call; they answer nothing themselves
-    ]
-
-
-def call_each(hook_name: str, **kwargs: Any) -> list[tuple[str, Any, BaseException | None]]:
-    """Call every implementation of a hook on its own: [(plugin name, returned value, exception)].
-
-    pluggy's normal call stops at the first exception and loses the other plugins' answers; a report
-    must survive one broken renderer, so each implementation is called and caught separately.
-    Implementations run in registration order (stable from run to run).
-    """
-    out: list[tuple[str, Any, BaseException | None]] = []
-    for plugin, function, argnames in _implementations(hook_name):
-        try:
-            out.append((plugin, function(**{a: kwargs[a] for a in argnames}), None))
-        except Exception as e:
-            out.append((plugin, None, e))
-    return out
-
-
-def collect_figures(result: ResultView) -> RenderOutcome:
-    """The figures every installed plugin renders for one stored result (see the render_figures hook)."""
-    figures: list[Figure] = []
-    failures: list[str] = []
-    for plugin, returned, error in call_each("render_figures", result=result):
-        if error is not None:
-            failures.append(f"plugin {plugin!r}: {type(error).__name__}: {error}")
-            continue
-        if returned is None:
-            continue
-        items = list(returned) if isinstance(returned, (list, tuple)) else [returned]
-        bad = [x for x in items if not isinstance(x, Figure)]
-        if bad:
-            failures.append(
-                f"plugin {plugin!r}: render_figures returned {type(bad[0]).__name__}, not audit.Figure"
-            )
-            items = [x for x in items if isinstance(x, Figure)]
-        figures += items
-    return RenderOutcome(tuple(figures), tuple(failures))

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import duckdb
 
-from audit.catalog import Catalog, now
-from audit.errors import UsageError
-from audit.migrations import MIGRATIONS
+from audit.api.errors import UsageError
+from audit.catalog.migrations import MIGRATIONS
+from audit.catalog.store import Catalog, now
 
 FORMAT = "model-audit-catalog"
 FORMAT_VERSION = 1

@@ -9,7 +9,7 @@ Why this shape:
   a Content-Security-Policy forbids any other source, so the page looks the same offline, attached to a
   CI run or mailed, and cannot phone home.
 * **Figures come from the plugins.** The core renders no probe's figures: it asks every plugin through
-  the ``render_figures`` hook (:mod:`audit.figures`), so a third-party probe joins with no change here,
+  the ``render_figures`` hook (:mod:`audit.api.figures`), so a third-party probe joins with no change here,
   and a renderer that raises costs only its own figures ("figure failed: …").
 """
 
@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from audit.catalog import Catalog
-from audit.errors import UsageError
-from audit.figures import Figure, collect_figures
+from audit.api.errors import UsageError
+from audit.api.figures import Figure
+from audit.api.results import ResultView
+from audit.catalog.store import Catalog
+from audit.face.rendering import collect_figures
 from audit.gates import Verdict, _baseline_text, _threshold_text
-from audit.results import ResultView
 
 # the latest result of each job (probe × models × datasets), plus a failure newer than that result
 _LATEST_SQL = """

@@ -1,0 +1,109 @@
+"""Planning: the configured probe entries expanded into jobs (probe × models × datasets), filtered by the
+command line, and split into disjoint shares for array tasks."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from audit.api.errors import UsageError
+from audit.api.probe import Probe
+from audit.config import Config, ProbeEntry
+
+
+@dataclass(frozen=True)
+class Job:
+    probe: Probe
+    entry_index: int
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    params: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        parts = [self.probe.name, ",".join(self.models)]
+        if self.datasets:
+            parts.append("on " + ",".join(self.datasets))
+        return " ".join(p for p in parts if p)
+
+
+def _split(names: list[str], bounds: tuple[int, int | None]) -> list[tuple[str, ...]]:
+    """One group per name when the probe takes one at a time, else all names as one group."""
+    if bounds[1] == 1:
+        return [(n,) for n in names]
+    return [tuple(names)]
+
+
+def plan(
+    config: Config,
+    probes: dict[str, Probe],
+    only_probes: list[str] | None = None,
+    only_models: list[str] | None = None,
+    only_datasets: list[str] | None = None,
+) -> list[Job]:
+    """The jobs of the configured probe entries (or of probes named on the command line), filtered."""
+    for name in only_probes or []:
+        if name not in probes:
+            raise UsageError(f"unknown probe {name!r} (installed: {', '.join(probes) or 'none'})")
+    for name in only_models or []:
+        if name not in config.models:
+            raise UsageError(
+                f"unknown model {name!r} (in {config.path.name}: {', '.join(config.models) or 'none'})"
+            )
+    for name in only_datasets or []:
+        if name not in config.datasets:
+            raise UsageError(
+                f"unknown dataset {name!r} (in {config.path.name}: {', '.join(config.datasets) or 'none'})"
+            )
+    entries = list(config.probes)
+    for name in only_probes or []:
+        if not any(e.probe == name for e in entries):  # named on the command line but not configured
+            probe = probes[name]
+            entries.append(
+                ProbeEntry(
+                    -1,
+                    name,
+                    only_models or list(config.models) if probe.needs.models[0] else [],
+                    only_datasets or list(config.datasets) if probe.needs.datasets[0] else [],
+                    probe.validate_params({}),
+                )
+            )
+    jobs: list[Job] = []
+    for entry in entries:
+        if only_probes and entry.probe not in only_probes:
+            continue
+        probe = probes[entry.probe]
+        for models, datasets in itertools.product(
+            _split(entry.models, probe.needs.models) or [()],
+            _split(entry.datasets, probe.needs.datasets) or [()],
+        ):
+            if only_models and not set(models) & set(only_models):
+                continue
+            if only_datasets and not set(datasets) & set(only_datasets):
+                continue
+            _check_counts(probe, entry, models, datasets)
+            jobs.append(Job(probe, entry.index, models, datasets, entry.params))
+    return jobs
+
+
+def _check_counts(
+    probe: Probe, entry: ProbeEntry, models: tuple[str, ...], datasets: tuple[str, ...]
+) -> None:
+    where = f"probes[{entry.index}]" if entry.index >= 0 else f"probe {probe.name!r}"
+    for what, got, (lo, hi) in (
+        ("models", models, probe.needs.models),
+        ("datasets", datasets, probe.needs.datasets),
+    ):
+        if len(got) < lo or (hi is not None and len(got) > hi):
+            want = f"{lo}" if lo == hi else f"{lo} to {hi if hi is not None else 'any number'}"
+            raise UsageError(f"{where}: probe {probe.name!r} takes {want} {what} per job, got {len(got)}")
+    message = probe.check_job(len(models), len(datasets))
+    if message:
+        raise UsageError(f"{where}: {message}")
+
+
+def partition_jobs(jobs: list[Job], keys: list[str], k: int, n: int) -> list[Job]:
+    """The K-th of N disjoint shares of the jobs (1-based), by cache key: stable when the config is reordered
+    or edited elsewhere, so N array tasks (one node each, separate catalogs) split the work exactly once."""
+    return [job for job, key in zip(jobs, keys, strict=True) if int(key[:12], 16) % n == k - 1]
