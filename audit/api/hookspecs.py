@@ -21,7 +21,7 @@ An implementation may accept fewer arguments than the spec names (pluggy passes 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from audit.api.figures import Figure
     from audit.api.probe import Probe
     from audit.api.results import ResultView
-    from audit.run.executors import Executor
 
 PROJECT = "model_audit"
 
@@ -85,7 +84,7 @@ def render_terminal(result: ResultView) -> list[RenderableType] | None:
 
 
 @hookspec
-def register_executors(register: Callable[[Executor], None]) -> None:
+def register_executors(register: Callable[[Any], None]) -> None:
     """Register executors (where a run's jobs execute) by calling ``register(executor_instance)``.
 
     The built-in ``inline`` and ``local`` executors and the optional ``ray`` one register this way; an

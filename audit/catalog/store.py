@@ -25,9 +25,9 @@ import numpy as np
 
 from audit.api.errors import CatalogBusyError, UsageError
 from audit.api.results import ResultView, StoredMetric
-from audit.catalog import DEFAULT_WAIT_S
 from audit.catalog.migrations import MIGRATIONS
 
+DEFAULT_WAIT_S = 60.0  # seconds a command waits for another process writing the catalog
 _ARRAYS_BATCHED_UP_TO = 4096  # elements; larger arrays are inserted one statement each
 
 
