@@ -7,6 +7,7 @@ through this interface, so a third-party probe is indistinguishable from a built
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -170,21 +171,7 @@ class Probe:
 
     def validate_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, every value checked; raises KeyError/ValueError naming the parameter."""
-        known = {p.name: p for p in self.params}
-        for key in given:
-            if key not in known:
-                names = ", ".join(known) or "none"
-                raise KeyError(f"unknown parameter {key!r} for probe {self.name!r} (known: {names})")
-        out = {}
-        for p in self.params:
-            if p.name in given:
-                try:
-                    out[p.name] = p.validate(given[p.name])
-                except ValueError as e:
-                    raise ValueError(f"{p.name}: {e}") from None
-            else:
-                out[p.name] = p.default
-        return out
+        return validate(self.params, given, "parameter", f"probe {self.name!r}")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -194,3 +181,20 @@ class Probe:
             "needs": self.needs.describe(),
             "params": [p.describe() for p in self.params],
         }
+
+
+def validate(declared: Sequence[Param], given: dict[str, Any], kind: str, owner: str) -> dict[str, Any]:
+    """Values for declared parameters (a probe's parameters, an executor's options): defaults filled in,
+    every given value checked; raises KeyError for an unknown name, ValueError naming the parameter."""
+    known = {p.name: p for p in declared}
+    for key in given:
+        if key not in known:
+            names = ", ".join(known) or "none"
+            raise KeyError(f"unknown {kind} {key!r} for {owner} (known: {names})")
+    out = {}
+    for p in declared:
+        try:
+            out[p.name] = p.validate(given[p.name]) if p.name in given else p.default
+        except ValueError as e:
+            raise ValueError(f"{p.name}: {e}") from None
+    return out

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from audit.api.context import Progress
-from audit.api.probe import Param
+from audit.api.probe import Param, validate
 from audit.run.worker import JobReport, JobSpec, WorkerState, execute
 
 DEFAULT_EXECUTOR = "local"
@@ -72,18 +72,7 @@ class Executor:
 
     def validate_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, every value checked; raises KeyError/ValueError naming the option."""
-        known = {p.name: p for p in self.options}
-        for key in given:
-            if key not in known:
-                names = ", ".join(known) or "none"
-                raise KeyError(f"unknown option {key!r} for executor {self.name!r} (known: {names})")
-        out = {}
-        for p in self.options:
-            try:
-                out[p.name] = p.validate(given[p.name]) if p.name in given else p.default
-            except ValueError as e:
-                raise ValueError(f"{p.name}: {e}") from None
-        return out
+        return validate(self.options, given, "option", f"executor {self.name!r}")
 
     def run(self, specs: list[JobSpec], events: JobEvents, options: dict[str, Any], driver: DriverInfo) -> None:
         raise NotImplementedError
