@@ -17,8 +17,10 @@ Layout of the file (all paths relative to the file's folder)::
                         one model per matching file in sorted order, named "NAME/<file stem>"
     [datasets.NAME]     path = "x.npz" | "x.npy" | "x.pt" | "x.parquet"  or  factory = "module:function"
                         inputs = "x", targets = "y" (optional), task = "classification" | "regression"
-    [[probes]]          probe = "cka", models = [...], datasets = [...], params = {...}
-    [[gates]]           probe, metric, min and/or max, model, dataset, baseline (all but probe/metric optional)
+    [[probes]]          probe = "cka", models = [...], datasets = [...], params = {...}, label = "..."
+    [[gates]]           probe, metric, min and/or max, model, dataset, baseline, entry (all but probe/metric
+                        optional; `entry` = the label of the probe entry to read, required when one probe
+                        has entries with different parameters)
 
 Model and dataset names in [[probes]] and the model/dataset of [[gates]] may be fnmatch patterns
 ("seed/*", "cand_?"). In a probe entry a pattern expands to the matching names in order of definition,
@@ -27,10 +29,12 @@ each name once; a pattern that matches no defined name is an error.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import glob
 import hashlib
 import importlib.util
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -39,7 +43,7 @@ from typing import Any
 
 from audit.api.errors import ConfigError
 from audit.api.probe import Probe
-from audit.specs import HF_CONFIG, HF_WEIGHTS, MODEL_LIBRARIES, DatasetSpec, ModelSpec
+from audit.specs import HF_CONFIG, HF_WEIGHTS, MODEL_LIBRARIES, DatasetSpec, ModelSpec, params_fingerprint
 
 DEFAULT_CATALOG = ".audit/catalog.duckdb"
 DATASET_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".parquet")
@@ -75,6 +79,14 @@ class ProbeEntry:
     models: list[str]
     datasets: list[str]
     params: dict[str, Any]
+    # how results, `metrics` rows, gates and the report name this entry: the config's `label`, else the
+    # probe's name, or, when one probe has entries with different parameters, the name plus the parameters
+    # that differ from the defaults ("cka(batch_size=64)"; the entry of default parameters stays "cka")
+    label: str = ""
+
+    @property
+    def params_fingerprint(self) -> str:
+        return params_fingerprint(self.params)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,10 @@ class GateSpec:
     # the defined models a `model` pattern matched when the config was loaded: each must have a stored
     # value, or the gate reports it as missing (a pattern gate must not pass because a model never ran)
     expected_models: tuple[str, ...] = ()
+    # the probe entry whose results the gate reads: its label and its parameters' fingerprint (None: any
+    # parameters — a gate built in code; the config always sets it)
+    entry: str = ""
+    params_fingerprint: str | None = None
 
     @property
     def label(self) -> str:
@@ -105,7 +121,12 @@ class GateSpec:
             if s
         )
         rel = f" - {self.baseline}" if self.baseline else ""
-        return f"{self.probe}.{self.metric}{rel} {bounds}"
+        return f"{self.source}.{self.metric}{rel} {bounds}"
+
+    @property
+    def source(self) -> str:
+        """The probe entry the gate reads, as verdicts name it: its label ("cka", "cka(batch_size=64)")."""
+        return self.entry or self.probe
 
 
 @dataclass(frozen=True)
@@ -448,7 +469,7 @@ def _probe_entry(
     file: Path, index: int, data: Any, cfg_models: dict, cfg_data: dict, probes: dict[str, Probe]
 ):
     t = _Table(file, f"probes[{index}]", data)
-    t.only({"probe", "models", "datasets", "params"})
+    t.only({"probe", "models", "datasets", "params", "label"})
     name = t.get("probe", str, required=True)
     if name not in probes:
         raise t.error("probe", f"unknown probe {name!r} (installed: {', '.join(probes) or 'none'})")
@@ -468,15 +489,61 @@ def _probe_entry(
         raise t.error("params", e.args[0]) from None
     except ValueError as e:
         raise t.error("params." + str(e).split(":", 1)[0], str(e).split(":", 1)[1].strip()) from None
-    return ProbeEntry(index, name, models, datasets, params)
+    label = t.get("label", str, "")
+    if "label" in t.data and not label.strip():
+        raise t.error("label", "expected a non-empty label")
+    return ProbeEntry(index, name, models, datasets, params, label)
 
 
-def _gate(file: Path, index: int, data: Any, cfg: dict[str, Any], probes: dict[str, Probe]) -> GateSpec:
+def _labelled(file: Path, entries: list[ProbeEntry], probes: dict[str, Probe]) -> list[ProbeEntry]:
+    """Every entry with its label: the given one, else the probe's name, or — when one probe has entries
+    with different parameters — the name plus the parameters that differ from the defaults (if any). Two entries
+    with different parameters may not share a label (gates and the report would confuse them)."""
+    fingerprints: dict[str, set[str]] = {}
+    for e in entries:
+        fingerprints.setdefault(e.probe, set()).add(e.params_fingerprint)
+    out = []
+    for e in entries:
+        label = e.label
+        if not label:
+            label = e.probe
+            if len(fingerprints[e.probe]) > 1:
+                defaults = probes[e.probe].validate_params({})
+                changed = [f"{k}={_short_value(v)}" for k, v in e.params.items() if defaults.get(k) != v]
+                label = f"{e.probe}({', '.join(changed)})" if changed else e.probe
+        out.append(dataclasses.replace(e, label=label))
+    seen: dict[str, ProbeEntry] = {}
+    for e in out:
+        other = seen.setdefault(e.label, e)
+        if other.params_fingerprint != e.params_fingerprint:
+            raise ConfigError(
+                file,
+                f"probes[{e.index}].label",
+                f"label {e.label!r} is also the label of probes[{other.index}], whose parameters differ; "
+                "give each entry its own label",
+            )
+    return out
+
+
+def _short_value(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _gate(
+    file: Path,
+    index: int,
+    data: Any,
+    cfg: dict[str, Any],
+    probes: dict[str, Probe],
+    entries: list[ProbeEntry],
+) -> GateSpec:
     t = _Table(file, f"gates[{index}]", data)
-    t.only({"name", "probe", "metric", "min", "max", "model", "dataset", "baseline"})
+    t.only({"name", "probe", "metric", "min", "max", "model", "dataset", "baseline", "entry"})
     probe = t.get("probe", str, required=True)
     if probe not in probes:
         raise t.error("probe", f"unknown probe {probe!r} (installed: {', '.join(probes) or 'none'})")
+    entry, fingerprint = _gate_entry(t, probe, t.get("entry", str), entries, probes)
     lo = t.get("min", (int, float))
     hi = t.get("max", (int, float))
     if lo is None and hi is None:
@@ -513,7 +580,34 @@ def _gate(file: Path, index: int, data: Any, cfg: dict[str, Any], probes: dict[s
         baseline,
         t.get("name", str, ""),
         expected,
+        entry,
+        fingerprint,
     )
+
+
+def _gate_entry(
+    t: _Table, probe: str, wanted: str | None, entries: list[ProbeEntry], probes: dict[str, Probe]
+) -> tuple[str, str]:
+    """The label and parameters' fingerprint of the probe entry a gate reads: the one its `entry` names,
+    else the probe's only parameters (its entries' or, without entries, its defaults). A probe with entries
+    of different parameters needs `entry`: a gate must not read whichever ran last."""
+    mine = [e for e in entries if e.probe == probe]
+    labels = list(dict.fromkeys(e.label for e in mine))
+    if wanted is not None:
+        hit = next((e for e in mine if e.label == wanted), None)
+        if hit is None:
+            raise t.error("entry", f"no [[probes]] entry of {probe!r} has label {wanted!r} (labels: {_defined(labels)})")
+        return hit.label, hit.params_fingerprint
+    if not mine:
+        return probe, params_fingerprint(probes[probe].validate_params({}))
+    if len({e.params_fingerprint for e in mine}) > 1:
+        raise ConfigError(
+            t.file,
+            t.key,
+            f"probe {probe!r} has entries with different parameters ({_defined(labels)}); "
+            "say which one the gate reads with entry = LABEL",
+        )
+    return mine[0].label, mine[0].params_fingerprint
 
 
 def load_config(path: Path, probes: dict[str, Probe]) -> Config:
@@ -547,8 +641,9 @@ def load_config(path: Path, probes: dict[str, Probe]) -> Config:
     }
     probe_list = top.get("probes", list, [])
     entries = [_probe_entry(path, i, d, models, datasets, probes) for i, d in enumerate(probe_list)]
+    entries = _labelled(path, entries, probes)
     known = {"models": models, "datasets": datasets}
-    gates = [_gate(path, i, d, known, probes) for i, d in enumerate(top.get("gates", list, []))]
+    gates = [_gate(path, i, d, known, probes, entries) for i, d in enumerate(top.get("gates", list, []))]
     device = top.get("device", str, "auto")
     catalog = (root / top.get("catalog", str, DEFAULT_CATALOG)).resolve()
     return Config(

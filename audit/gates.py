@@ -4,6 +4,11 @@ A gate matches every latest value of (probe, metric), narrowed by its optional m
 a ``baseline`` model the bounds apply to the difference value − baseline value on the same dataset.
 A gate that matches no stored value fails as "missing": a CI gate must not pass because a probe never ran.
 
+A gate reads the results of one probe entry — one set of parameters (``GateSpec.params_fingerprint``, matched
+against ``latest_metrics.params_fingerprint``): two [[probes]] entries of one probe that differ in parameters
+are different measurements, and the config requires a gate on such a probe to name its ``entry``. Verdicts
+name the entry by its label.
+
 ``model`` and ``dataset`` may be fnmatch patterns ("cand_*", "seed/*"), matched against the stored
 labels (a model's name, or the comma-joined names of a multi-model job): the gate then applies to every
 matching row, and each defined model the pattern named when the config was loaded
@@ -98,21 +103,30 @@ def evaluate(
     verdicts: list[Verdict] = []
     if not gates:
         return verdicts
-    contexts: dict[str, _Context] = {}
+    contexts: dict[tuple[str, str | None], _Context] = {}
     with catalog.reader() as con:
         for g in gates:
             found = _evaluate_one(con, g)
             if key_metrics is not None and g.probe in key_metrics:
-                if g.probe not in contexts:
-                    contexts[g.probe] = _Context(con, g.probe, tuple(key_metrics[g.probe]))
-                found = [contexts[g.probe].attach(v) for v in found]
+                entry = (g.probe, g.params_fingerprint)
+                if entry not in contexts:
+                    contexts[entry] = _Context(con, g, tuple(key_metrics[g.probe]))
+                found = [contexts[entry].attach(v) for v in found]
             verdicts += found
     return verdicts
 
 
+def _of_entry(g: GateSpec) -> tuple[str, list[object]]:
+    """The SQL condition (and its arguments) selecting the latest values of the gate's probe entry."""
+    if g.params_fingerprint is None:
+        return "probe = ?", [g.probe]
+    return "probe = ? and params_fingerprint = ?", [g.probe, g.params_fingerprint]
+
+
 def _evaluate_one(con: Any, g: GateSpec) -> list[Verdict]:
-    sql = "select model, dataset, value from latest_metrics where probe = ? and metric = ?"
-    args: list[object] = [g.probe, g.metric]
+    where, args = _of_entry(g)
+    sql = f"select model, dataset, value from latest_metrics where {where} and metric = ?"
+    args = [*args, g.metric]
     for column, wanted in (("model", g.model), ("dataset", g.dataset)):
         if wanted is not None and not is_pattern(wanted):  # patterns are matched below, row by row
             sql += f" and {column} = ?"
@@ -126,14 +140,15 @@ def _evaluate_one(con: Any, g: GateSpec) -> list[Verdict]:
     out: list[Verdict] = []
     if not rows and not unseen:
         where = ", ".join(f"{k}={v}" for k, v in (("model", g.model), ("dataset", g.dataset)) if v)
-        reason = f"no stored value of {g.probe}.{g.metric}{' for ' + where if where else ''} (run `audit run` first)"
+        reason = f"no stored value of {g.source}.{g.metric}{' for ' + where if where else ''} (run `audit run` first)"
         return [Verdict(g, g.model, g.dataset, None, None, "missing", reason)]
     for model, dataset, value in rows:
         base = None
         if g.baseline is not None:
             hit = con.execute(
-                "select value from latest_metrics where probe = ? and metric = ? and model = ? and dataset = ?",
-                [g.probe, g.metric, g.baseline, dataset],
+                f"select value from latest_metrics where {_of_entry(g)[0]} and metric = ? and model = ? "
+                "and dataset = ?",
+                [*_of_entry(g)[1], g.metric, g.baseline, dataset],
             ).fetchone()
             if hit is None:
                 reason = f"no stored value of {g.metric} for baseline model {g.baseline!r} on {dataset}"
@@ -156,7 +171,7 @@ def _evaluate_one(con: Any, g: GateSpec) -> list[Verdict]:
     for m in unseen:
         on = f" on {g.dataset}" if g.dataset else ""
         reason = (
-            f"no stored value of {g.probe}.{g.metric} for model {m!r}{on} "
+            f"no stored value of {g.source}.{g.metric} for model {m!r}{on} "
             f"(matched by {g.model!r}; run `audit run` first)"
         )
         out.append(Verdict(g, m, g.dataset, None, None, "missing", reason))
@@ -164,11 +179,11 @@ def _evaluate_one(con: Any, g: GateSpec) -> list[Verdict]:
 
 
 class _Context:
-    """The latest values of one probe's key metrics, grouped by model, to explain verdicts."""
+    """The latest values of one probe entry's key metrics, grouped by model, to explain verdicts."""
 
-    def __init__(self, con: Any, probe: str, keys: tuple[str, ...]):
-        sql = "select model, dataset, metric, value from latest_metrics where probe = ?"
-        args: list[object] = [probe]
+    def __init__(self, con: Any, gate: GateSpec, keys: tuple[str, ...]):
+        where, args = _of_entry(gate)
+        sql = f"select model, dataset, metric, value from latest_metrics where {where}"
         if keys:
             sql += f" and metric in ({', '.join('?' * len(keys))})"
             args += list(keys)
@@ -213,7 +228,7 @@ def junit_xml(verdicts: list[Verdict]) -> str:
         case = ET.SubElement(
             suite,
             "testcase",
-            classname=f"audit.{v.gate.probe}",
+            classname=f"audit.{v.gate.source}",
             name=f"{v.gate.label} [model={v.model or '*'}, dataset={v.dataset or '*'}]",
         )
         if v.status == "fail":
@@ -229,7 +244,7 @@ def junit_xml(verdicts: list[Verdict]) -> str:
 
 
 def _describe(v: Verdict) -> str:
-    text = f"{v.gate.probe}.{v.gate.metric} for model {v.model} on {v.dataset}: observed {v.observed:.6g}"
+    text = f"{v.gate.source}.{v.gate.metric} for model {v.model} on {v.dataset}: observed {v.observed:.6g}"
     if v.baseline_value is not None:
         text += f" (= {v.value:.6g} − baseline {v.gate.baseline} {v.baseline_value:.6g})"
     return text + f"; required {_threshold_text(v.gate)}"
@@ -269,7 +284,7 @@ def markdown(verdicts: list[Verdict]) -> str:
     for v in verdicts:
         mark = {"pass": "✅ pass", "fail": "❌ fail", "missing": "⚠️ missing"}[v.status]
         lines.append(
-            f"| {mark} | `{v.gate.probe}.{v.gate.metric}` | {v.model or '—'} | {v.dataset or '—'} | "
+            f"| {mark} | `{v.gate.source}.{v.gate.metric}` | {v.model or '—'} | {v.dataset or '—'} | "
             f"{_fmt(v.observed)} | {_threshold_text(v.gate)}{_baseline_text(v)} | {_cell(v.reason)} | "
             f"{_cell(v.context_text) or '—'} |"
         )

@@ -7,6 +7,8 @@ only strings, numbers and paths, and :func:`relocated` moves their paths to wher
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +22,18 @@ MODEL_LIBRARIES = {
 # the files a Hugging Face directory must hold: its config and safetensors weights (one file or sharded)
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def params_json(params: dict[str, Any]) -> str:
+    """A probe's validated parameters as the catalog stores them (``results.params``): canonical JSON."""
+    return json.dumps(params, sort_keys=True)
+
+
+def params_fingerprint(params: dict[str, Any]) -> str:
+    """What tells two probe entries apart in SQL (``results/metrics.params_fingerprint``): the first 16 hex
+    digits of the SHA-256 of :func:`params_json`. Migration 3 computes the same value in SQL for results
+    stored before it (``left(sha256(params::varchar), 16)``), so keep the two definitions together."""
+    return hashlib.sha256(params_json(params).encode()).hexdigest()[:16]
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -95,6 +95,7 @@ VALID = """
     models = ["a", "b"]
     datasets = ["id"]
     params = { batch_size = 64, layers = "fc*", estimator = "biased" }
+    label = "fc"
 
     [[probes]]
     probe = "cka"
@@ -106,6 +107,7 @@ VALID = """
     min = 1
     model = "a"
     dataset = "id"
+    entry = "fc"
 
     [[gates]]
     name = "close to b"
@@ -114,6 +116,7 @@ VALID = """
     max = 0.5
     model = "a"
     baseline = "b"
+    entry = "cka"
 """
 
 
@@ -159,16 +162,24 @@ def test_valid_config_round_trips_into_typed_objects(tmp_path, probes, monkeypat
             ["a", "b"],
             ["id"],
             {**CKA_DEFAULTS, "batch_size": 64, "layers": ["fc*"], "estimator": "biased"},
+            "fc",
         ),
-        # models given as one string; datasets omitted = every defined dataset; params all defaults
-        ProbeEntry(1, "cka", ["c"], ["id", "gen"], CKA_DEFAULTS),
+        # models given as one string; datasets omitted = every defined dataset; params all defaults; the
+        # label: the probe's name (the defaults), as the other entry of the probe has its own
+        ProbeEntry(1, "cka", ["c"], ["id", "gen"], CKA_DEFAULTS, "cka"),
     ]
 
     g0, g1 = cfg.gates
-    assert g0 == GateSpec(0, "cka", "accuracy", min=1.0, max=None, model="a", dataset="id")
+    fc, defaults = cfg.probes[0].params_fingerprint, cfg.probes[1].params_fingerprint
+    assert g0 == GateSpec(
+        0, "cka", "accuracy", min=1.0, max=None, model="a", dataset="id", entry="fc", params_fingerprint=fc
+    )
     assert isinstance(g0.min, float)
-    assert g0.label == "cka.accuracy >= 1"
-    assert g1 == GateSpec(1, "cka", "diagonal_mean", max=0.5, model="a", baseline="b", name="close to b")
+    assert g0.label == "fc.accuracy >= 1"
+    assert g1 == GateSpec(
+        1, "cka", "diagonal_mean", max=0.5, model="a", baseline="b", name="close to b", entry="cka",
+        params_fingerprint=defaults,
+    )
     assert g1.label == "close to b"
 
 
@@ -480,7 +491,7 @@ PROBE_ERRORS = [
     pytest.param(
         _M + _D + '[[probes]]\nprobe = "cka"\nmodels = ["m"]\nshape = 1\n',
         "probes[0].shape",
-        ["unknown key (expected one of: datasets, models, params, probe)"],
+        ["unknown key (expected one of: datasets, label, models, params, probe)"],
         id="entry-unknown-key",
     ),
     pytest.param(

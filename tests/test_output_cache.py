@@ -133,6 +133,8 @@ def test_concurrent_stores_keep_one_row_per_key_and_all_writers_succeed(tmp_path
 def test_migration_applies_on_a_catalog_of_the_previous_schema(tmp_path, monkeypatch):
     path = tmp_path / "c.duckdb"
     monkeypatch.setattr(audit.catalog.store, "MIGRATIONS", MIGRATIONS[: VERSION - 1])
+    # the columns of `results` at that schema version (later migrations add columns at the end)
+    monkeypatch.setattr(audit.catalog.store, "_RESULT_COLUMNS", audit.catalog.store._RESULT_COLUMNS[:16])
     old = Catalog(path)
     run = old.start_run({"tool_version": "old"})
     rid, _ = old.record_result(

@@ -50,6 +50,10 @@ class ResultView:
     device: str | None
     metrics: tuple[StoredMetric, ...]
     _load_arrays: Callable[[], dict[str, np.ndarray]] = field(repr=False, default=lambda: {})
+    # what tells results of two [[probes]] entries of one probe apart: their parameters' fingerprint and the
+    # label of the entry that computed the result (the probe's name unless the config gave another)
+    params_fingerprint: str = ""
+    entry: str = ""
 
     @cached_property
     def arrays(self) -> Mapping[str, np.ndarray]:

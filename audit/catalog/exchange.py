@@ -345,11 +345,21 @@ def _merge_results(con: duckdb.DuckDBPyConnection, stage: str, report: ImportRep
         )
         """
     ).fetchone()[0]
-    return con.execute(
+    added = con.execute(
         f"insert into results by name select s.* from {stage} s "
         "where s.result_id in (select result_id from _import_added) "
         f"and s.rowid in (select min(rowid) from {stage} group by result_id) order by s.rowid"
     ).fetchone()[0]
+    # a shard exported before migration 3 has no parameters fingerprint or entry: computed as the
+    # migration computes them for a catalog's own older results
+    con.execute(
+        "update results set params_fingerprint = left(sha256(coalesce(params::varchar, '{}')), 16) "
+        "where params_fingerprint is null and result_id in (select result_id from _import_added)"
+    )
+    con.execute(
+        "update results set entry = probe where entry is null and result_id in (select result_id from _import_added)"
+    )
+    return added
 
 
 # ------------------------------------------------------------------ helpers

@@ -72,4 +72,30 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "parameters in SQL",
+        # Two [[probes]] entries of one probe that differ only in parameters are different measurements:
+        # each result keeps its parameters' fingerprint (audit.specs.params_fingerprint: the first 16 hex
+        # digits of the SHA-256 of the stored params JSON, computed here in SQL for older results) and the
+        # label of the entry that computed it. `metrics` gains both as its last columns (existing columns
+        # unchanged), and `latest_metrics` keeps one row per (probe, parameters, model, dataset, metric).
+        """
+        alter table results add column params_fingerprint varchar;
+        alter table results add column entry varchar;
+        update results set params_fingerprint = left(sha256(coalesce(params::varchar, '{}')), 16), entry = probe;
+        create or replace view metrics as
+            select r.run_id, r.result_id, r.probe,
+                   coalesce(m.model, array_to_string(r.models, ',')) as model,
+                   coalesce(m.dataset, array_to_string(r.datasets, ',')) as dataset,
+                   m.metric, m.value, r.created_at, r.probe_version,
+                   r.params_fingerprint, r.entry, r.params
+            from metric_values m join results r using (result_id)
+            where r.status = 'ok';
+        create or replace view latest_metrics as
+            select * from metrics
+            qualify row_number() over (
+                partition by probe, params_fingerprint, model, dataset, metric order by created_at desc
+            ) = 1;
+        """,
+    ),
 ]

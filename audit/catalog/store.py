@@ -26,6 +26,7 @@ import numpy as np
 from audit.api.errors import CatalogBusyError, UsageError
 from audit.api.results import ResultView, StoredMetric
 from audit.catalog.migrations import MIGRATIONS
+from audit.specs import params_fingerprint, params_json
 
 DEFAULT_WAIT_S = 60.0  # seconds a command waits for another process writing the catalog
 _ARRAYS_BATCHED_UP_TO = 4096  # elements; larger arrays are inserted one statement each
@@ -58,6 +59,15 @@ class StoredResult:
     device: str
     metrics: list[tuple[str, float, str | None, str | None]]  # (name, value, model, dataset)
     arrays: dict[str, np.ndarray]
+    entry: str = ""  # the label of the [[probes]] entry that computed it ("": the probe's name)
+
+
+# the columns record_result writes, by name (migrations add columns at the end of `results`)
+_RESULT_COLUMNS = (
+    "result_id", "run_id", "cache_key", "probe", "probe_version", "params", "models", "model_fingerprints",
+    "datasets", "dataset_fingerprints", "status", "error", "warnings", "duration_s", "device", "created_at",
+    "params_fingerprint", "entry",
+)
 
 
 class Catalog:
@@ -211,26 +221,30 @@ class Catalog:
                         con.execute("rollback")
                         return row[0], False
                 result_id = uuid.uuid4().hex[:16]
+                row = {
+                    "result_id": result_id,
+                    "run_id": r.run_id,
+                    "cache_key": r.cache_key,
+                    "probe": r.probe,
+                    "probe_version": r.probe_version,
+                    "params": params_json(r.params),
+                    "models": [m for m, _ in r.models],
+                    "model_fingerprints": [f for _, f in r.models],
+                    "datasets": [d for d, _ in r.datasets],
+                    "dataset_fingerprints": [f for _, f in r.datasets],
+                    "status": r.status,
+                    "error": r.error,
+                    "warnings": r.warnings,
+                    "duration_s": r.duration_s,
+                    "device": r.device,
+                    "created_at": now(),
+                    "params_fingerprint": params_fingerprint(r.params),
+                    "entry": r.entry or r.probe,
+                }
                 con.execute(
-                    "insert into results values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        result_id,
-                        r.run_id,
-                        r.cache_key,
-                        r.probe,
-                        r.probe_version,
-                        json.dumps(r.params, sort_keys=True),
-                        [m for m, _ in r.models],
-                        [f for _, f in r.models],
-                        [d for d, _ in r.datasets],
-                        [f for _, f in r.datasets],
-                        r.status,
-                        r.error,
-                        r.warnings,
-                        r.duration_s,
-                        r.device,
-                        now(),
-                    ],
+                    f"insert into results ({', '.join(_RESULT_COLUMNS)}) "
+                    f"values ({', '.join('?' * len(_RESULT_COLUMNS))})",
+                    [row[c] for c in _RESULT_COLUMNS],
                 )
                 if r.metrics:
                     self._insert_metrics(con, result_id, r.metrics)
@@ -317,7 +331,8 @@ class Catalog:
         with self.reader() as con:
             rows = con.execute(
                 "select result_id, run_id, probe, probe_version, params, models, datasets, status, error, "
-                "warnings, created_at, duration_s, device from results where list_contains(?, result_id)",
+                "warnings, created_at, duration_s, device, params_fingerprint, entry "
+                "from results where list_contains(?, result_id)",
                 [ids],
             ).fetchall()
             metric_rows = con.execute(
@@ -331,7 +346,8 @@ class Catalog:
                 StoredMetric(name, float("nan") if value is None else value, model, dataset)
             )
         by_id = {}
-        for rid, run_id, probe, version, params, models, datasets, status, error, warns, at, dur, dev in rows:
+        for row in rows:
+            rid, run_id, probe, version, params, models, datasets, status, error, warns, at, dur, dev, pfp, entry = row
             by_id[rid] = ResultView(
                 result_id=rid,
                 run_id=run_id,
@@ -347,6 +363,8 @@ class Catalog:
                 duration_s=dur,
                 device=dev,
                 metrics=tuple(metrics.get(rid, ())),
+                params_fingerprint=pfp or "",
+                entry=entry or probe,
                 _load_arrays=lambda rid=rid: self.load_arrays(rid),
             )
         return [by_id[i] for i in ids if i in by_id]

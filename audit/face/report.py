@@ -31,12 +31,17 @@ from audit.catalog.store import Catalog
 from audit.face.rendering import collect_figures
 from audit.gates import Verdict, _baseline_text, _threshold_text
 
-# the latest result of each job (probe × models × datasets), plus a failure newer than that result
+# the latest result of each job (probe entry × models × datasets: an entry is a probe with its parameters),
+# plus a failure newer than that result
 _LATEST_SQL = """
 with ranked as (
     select result_id, probe, created_at, status,
-           row_number() over (partition by probe, models, datasets, status = 'ok' order by created_at desc) as k,
-           max(case when status = 'ok' then created_at end) over (partition by probe, models, datasets) as last_ok
+           row_number() over (
+               partition by probe, params_fingerprint, models, datasets, status = 'ok' order by created_at desc
+           ) as k,
+           max(case when status = 'ok' then created_at end) over (
+               partition by probe, params_fingerprint, models, datasets
+           ) as last_ok
     from results
 )
 select result_id from ranked
@@ -317,7 +322,7 @@ def _gates(verdicts: Sequence[Verdict] | None, note: str) -> str:
         threshold = _threshold_text(v.gate) + _baseline_text(v)
         rows.append(
             f"<tr><td class='{v.status}'>{_e(v.status)}</td><td>{_e(v.gate.label)}<br>"
-            f"<code>{_e(v.gate.probe)}.{_e(v.gate.metric)}</code></td><td>{_e(_short(v.model))}</td>"
+            f"<code>{_e(v.gate.source)}.{_e(v.gate.metric)}</code></td><td>{_e(_short(v.model))}</td>"
             f"<td>{_e(v.dataset or '—')}</td><td class='num'>{_num(v.observed)}</td>"
             f"<td>{_e(threshold)}</td><td>{_e(v.reason)}</td><td>{_e(v.context_text or '—')}</td></tr>"
         )
@@ -356,30 +361,43 @@ def _metric_table(rows: list[tuple[str, str, str, float]], keys: Sequence[str]) 
 def _summary(by_probe: Mapping[str, Sequence[ResultView]], key_metrics: Mapping[str, Sequence[str]]) -> str:
     """Per probe: its key metrics as a grid (model × dataset rows, a column per metric), then all others."""
     out = ['<section id="summary"><h2>Summary</h2>']
-    for probe, views in sorted(by_probe.items()):
-        rows = [r for v in views if v.status == "ok" for r in _rows(v)]
-        failed = sum(v.status != "ok" for v in views)
-        keys = [k for k in key_metrics.get(probe, ()) if any(r[2] == k for r in rows)]
+    for probe, all_views in sorted(by_probe.items()):
         out.append(f'<h3><a href="#{_anchor("probe", probe)}">{_e(probe)}</a></h3>')
-        if failed:
-            out.append(f"<p class='fail'>{failed} failed result(s): see the probe's section</p>")
-        if not rows:
-            out.append("<p class='muted'>no metrics</p>")
-            continue
-        if keys:
-            cells: dict[tuple[str, str], dict[str, float]] = {}
-            for model, dataset, metric, value in rows:
-                if metric in keys:
-                    cells.setdefault((model, dataset), {})[metric] = value
-            out.append(_pivot(cells, keys))
-        rest = [r for r in rows if r[2] not in keys]
-        if rest:
-            label = f"all {len(rest)} other metric value(s)" if keys else f"all {len(rest)} metric value(s)"
-            out.append(
-                f"<details{'' if keys else ' open'}><summary>{label}</summary>"
-                f"{_metric_table(_ordered(rest, ()), ())}</details>"
-            )
+        entries: dict[str, list[ResultView]] = {}
+        for v in all_views:  # one probe's entries (parameter sets) are summarised apart
+            entries.setdefault(v.entry or probe, []).append(v)
+        for entry, views in entries.items():
+            if len(entries) > 1:
+                out.append(f"<h4>entry {_e(entry)}</h4>")
+            out.append(_entry_summary(views, key_metrics.get(probe, ())))
     out.append("</section>")
+    return "".join(out)
+
+
+def _entry_summary(views: Sequence[ResultView], key_metrics: Sequence[str]) -> str:
+    """One probe entry's results: its key metrics as a grid, then the other metrics folded away."""
+    out = []
+    rows = [r for v in views if v.status == "ok" for r in _rows(v)]
+    failed = sum(v.status != "ok" for v in views)
+    keys = [k for k in key_metrics if any(r[2] == k for r in rows)]
+    if failed:
+        out.append(f"<p class='fail'>{failed} failed result(s): see the probe's section</p>")
+    if not rows:
+        out.append("<p class='muted'>no metrics</p>")
+        return "".join(out)
+    if keys:
+        cells: dict[tuple[str, str], dict[str, float]] = {}
+        for model, dataset, metric, value in rows:
+            if metric in keys:
+                cells.setdefault((model, dataset), {})[metric] = value
+        out.append(_pivot(cells, keys))
+    rest = [r for r in rows if r[2] not in keys]
+    if rest:
+        label = f"all {len(rest)} other metric value(s)" if keys else f"all {len(rest)} metric value(s)"
+        out.append(
+            f"<details{'' if keys else ' open'}><summary>{label}</summary>"
+            f"{_metric_table(_ordered(rest, ()), ())}</details>"
+        )
     return "".join(out)
 
 
@@ -407,7 +425,8 @@ def _pivot(cells: Mapping[tuple[str, str], Mapping[str, float]], keys: Sequence[
 
 
 def _title(v: ResultView) -> str:
-    return f"{_short(v.label)} on {', '.join(v.datasets) or '—'}"
+    entry = f"{v.entry} · " if v.entry and v.entry != v.probe else ""
+    return f"{entry}{_short(v.label)} on {', '.join(v.datasets) or '—'}"
 
 
 def _probe_section(probe: str, description: str | None, views: Sequence[ResultView], parts: list[str]) -> str:
@@ -442,6 +461,7 @@ def _result_section(
             + f" · {_e(v.probe)} {_e(v.version)}",
         ),
         ("parameters", _params(v.params)),
+        ("entry", f"{_e(v.entry or v.probe)} · parameters <code>{_e(v.params_fingerprint or '—')}</code>"),
     ]
     parts = [
         f'<article class="result" id="{_anchor("result", v.result_id)}"><h3>{_e(_title(v))}</h3>',

@@ -40,6 +40,7 @@ def result_header(v: ResultView) -> Table:
     rows: list[tuple[str, str]] = [
         ("result", f"{v.result_id} ({status})"),
         ("probe", f"{v.probe} {v.version}"),
+        ("entry", f"{v.entry or v.probe} (parameters {v.params_fingerprint or '—'})"),
         ("models", ", ".join(v.models) or "—"),
         ("datasets", ", ".join(v.datasets) or "—"),
         ("run", v.run_id),

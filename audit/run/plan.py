@@ -19,6 +19,7 @@ class Job:
     models: tuple[str, ...]
     datasets: tuple[str, ...]
     params: dict[str, Any]
+    entry: str = ""  # the label of the probe entry it comes from (stored with its result)
 
     @property
     def label(self) -> str:
@@ -67,6 +68,7 @@ def plan(
                     only_models or list(config.models) if probe.needs.models[0] else [],
                     only_datasets or list(config.datasets) if probe.needs.datasets[0] else [],
                     probe.validate_params({}),
+                    name,
                 )
             )
     jobs: list[Job] = []
@@ -83,7 +85,7 @@ def plan(
             if only_datasets and not set(datasets) & set(only_datasets):
                 continue
             _check_counts(probe, entry, models, datasets)
-            jobs.append(Job(probe, entry.index, models, datasets, entry.params))
+            jobs.append(Job(probe, entry.index, models, datasets, entry.params, entry.label or entry.probe))
     return jobs
 
 

@@ -222,6 +222,7 @@ class Runner:
             device=report.device,
             metrics=list(report.metrics),
             arrays=dict(report.arrays),
+            entry=job.entry,
         )
         result_id, written = self.catalog.record_result(stored, force=self.force)
         status = stored.status if written else "reused"
