@@ -37,6 +37,7 @@ import importlib.util
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from audit.api.probe import Probe
 from audit.specs import HF_CONFIG, HF_WEIGHTS, MODEL_LIBRARIES, DatasetSpec, ModelSpec, params_fingerprint
 
 DEFAULT_CATALOG = ".audit/catalog.duckdb"
+DEFAULT_EXECUTOR = "local"  # the executor of a run that names none (audit.run.executors re-exports it)
 DATASET_SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".parquet")
 TASKS = ("classification", "regression")
 MODEL_FILE_KEYS = ("weights", "torchscript", "pickle")
@@ -141,8 +143,8 @@ class Config:
     probes: list[ProbeEntry]
     gates: list[GateSpec]
     text_hash: str
-    # the [executor] table as written: "name" and that executor's options (validated when a run starts,
-    # against the installed executor; see audit.run.executors)
+    # the [executor] table, validated at load against the installed executors: "name" (absent: the default
+    # executor) and that executor's options with defaults filled in (see audit.run.executors)
     executor: dict[str, Any] = field(default_factory=dict)
 
 
@@ -610,8 +612,46 @@ def _gate_entry(
     return mine[0].label, mine[0].params_fingerprint
 
 
-def load_config(path: Path, probes: dict[str, Probe]) -> Config:
-    """Parse and validate audit.toml against the installed probes."""
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def _device(t: _Table) -> str:
+    """The `device` key: its form is checked here; whether that device exists, when a run starts."""
+    device = t.get("device", str, "auto")
+    if not _DEVICE.fullmatch(device):
+        raise t.error("device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def _executor(file: Path, data: Any, executors: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The [executor] table: `name` one of the installed executors, the rest that executor's options,
+    validated by it (defaults filled in). Without ``executors`` (a caller that runs nothing) only its form
+    is checked."""
+    t = _Table(file, "executor", data)
+    if not t.data:
+        return {}
+    name = t.get("name", str)
+    options = {k: v for k, v in t.data.items() if k != "name"}
+    if executors is None:
+        return dict(t.data)
+    chosen = name or DEFAULT_EXECUTOR
+    if chosen not in executors:
+        raise t.error("name", f"unknown executor {chosen!r} (installed: {_defined(executors)})")
+    try:
+        validated = executors[chosen].validate_options(options)
+    except KeyError as e:
+        raise t.error(str(e.args[0]).split("'")[1], e.args[0]) from None
+    except ValueError as e:
+        key, _, message = str(e).partition(":")
+        raise t.error(key, message.strip()) from None
+    return {"name": chosen, **validated}
+
+
+def load_config(
+    path: Path, probes: dict[str, Probe], executors: Mapping[str, Any] | None = None
+) -> Config:
+    """Parse and validate audit.toml against the installed probes (and executors, when given: every key
+    is checked once, here, with the file and key in the message)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(
@@ -644,8 +684,8 @@ def load_config(path: Path, probes: dict[str, Probe]) -> Config:
     entries = _labelled(path, entries, probes)
     known = {"models": models, "datasets": datasets}
     gates = [_gate(path, i, d, known, probes, entries) for i, d in enumerate(top.get("gates", list, []))]
-    device = top.get("device", str, "auto")
-    catalog = (root / top.get("catalog", str, DEFAULT_CATALOG)).resolve()
+    device = _device(top)
+    catalog = _catalog(top, root)
     return Config(
         path=path.resolve(),
         root=root,
@@ -657,5 +697,26 @@ def load_config(path: Path, probes: dict[str, Probe]) -> Config:
         probes=entries,
         gates=gates,
         text_hash=hashlib.sha256(raw_bytes).hexdigest(),
-        executor=dict(_Table(path, "executor", top.get("executor", dict, {})).data),
+        executor=_executor(path, top.get("executor", dict, {}), executors),
     )
+
+
+def _catalog(top: _Table, root: Path) -> Path:
+    value = top.get("catalog", str, DEFAULT_CATALOG)
+    if not value.strip():
+        raise top.error("catalog", "expected a file path, got an empty string")
+    return (root / value).resolve()
+
+
+def catalog_location(path: Path) -> Path:
+    """The catalog a config names — read without validating the rest of the file (for commands that only
+    read the catalog) but resolved exactly as :func:`load_config` resolves it; the default catalog when the
+    file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return Path(DEFAULT_CATALOG).resolve()
+    try:
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    return _catalog(_Table(path, "", raw), path.resolve().parent)

@@ -56,8 +56,10 @@ def write(folder: Path, text: str, name: str = "audit.toml") -> Path:
 
 def load_error(tmp_path: Path, probes, text: str) -> tuple[ConfigError, Path]:
     path = write(tmp_path, text)
+    from audit.run.executors import installed_executors
+
     with pytest.raises(ConfigError) as info:
-        load_config(path, probes)
+        load_config(path, probes, installed_executors())
     return info.value, path
 
 
@@ -564,6 +566,20 @@ TOP_ERRORS = [
     pytest.param("seed = true\n", "seed", ["expected an integer, got True"], id="seed-bool"),
     pytest.param("catalog = 5\n", "catalog", ["expected a string, got 5"], id="catalog-not-string"),
     pytest.param("device = 0\n", "device", ["expected a string, got 0"], id="device-not-string"),
+    pytest.param('device = "gpu"\n', "device", ["expected auto, cpu, cuda or cuda:N, got 'gpu'"], id="device-gpu"),
+    pytest.param('catalog = ""\n', "catalog", ["expected a file path"], id="catalog-empty"),
+    pytest.param(
+        '[executor]\nname = "slurm"\n', "executor.name", ["unknown executor 'slurm' (installed: "], id="executor-unknown"
+    ),
+    pytest.param(
+        '[executor]\nworkers = "many"\n', "executor.workers", ["expected"], id="executor-option-type"
+    ),
+    pytest.param(
+        '[executor]\nname = "inline"\nworkers = 2\n',
+        "executor.workers",
+        ["unknown option 'workers' for executor 'inline'"],
+        id="executor-option-unknown",
+    ),
 ]
 
 
@@ -578,6 +594,23 @@ def test_config_errors_name_file_key_and_expectation(tmp_path, probes, text, key
     for fragment in fragments:
         assert fragment in str(e)
     assert "\n" not in str(e)
+
+
+def test_executor_table_is_validated_once_with_defaults_filled_in(tmp_path, probes):
+    from audit.run.executors import installed_executors
+
+    cfg = load_config(write(tmp_path, "[executor]\nworkers = 3\n"), probes, installed_executors())
+    assert cfg.executor["name"] == "local" and cfg.executor["workers"] == 3
+    assert set(cfg.executor) == {"name", *(p.name for p in installed_executors()["local"].options)}
+    assert load_config(write(tmp_path, ""), probes, installed_executors()).executor == {}
+
+
+def test_the_catalog_is_resolved_one_way(tmp_path, probes):
+    from audit.config import catalog_location
+
+    path = write(tmp_path, 'catalog = "sub/../c.duckdb"\n')
+    assert catalog_location(path) == load_config(path, probes).catalog == (tmp_path / "c.duckdb").resolve()
+    assert catalog_location(tmp_path / "absent.toml") == (Path.cwd() / DEFAULT_CATALOG).resolve()
 
 
 def test_missing_weights_message_names_the_resolved_path(tmp_path, probes):

@@ -191,8 +191,8 @@ def _alive(pid: int) -> bool:
     ("args", "table", "message"),
     [
         (["--executor", "warp"], "", "--executor: unknown executor 'warp' (installed: inline, local"),
-        ([], '[executor]\nname = "local"\nworkerz = 2\n', "executor: unknown option 'workerz'"),
-        ([], '[executor]\nname = "local"\nworkers = -1\n', "executor: workers: expected a value >= 0"),
+        ([], '[executor]\nname = "local"\nworkerz = 2\n', "audit.toml: executor.workerz: unknown option 'workerz'"),
+        ([], '[executor]\nname = "local"\nworkers = -1\n', "audit.toml: executor.workers: expected a value >= 0"),
         (["--address", "auto"], "", "--address: the 'local' executor has no 'address' option"),
         (["--partition", "3/2"], "", "--partition: expected K/N with 1 <= K <= N"),
     ],

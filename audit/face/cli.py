@@ -13,7 +13,6 @@ import math
 import os
 import re
 import sys
-import tomllib
 from collections.abc import Callable
 from datetime import date, datetime
 from enum import StrEnum
@@ -38,7 +37,7 @@ from audit import gates as gates_mod
 from audit.api.commands import one_line, one_line_errors
 from audit.api.errors import UsageError
 from audit.catalog.store import DEFAULT_WAIT_S, Catalog
-from audit.config import DEFAULT_CATALOG, Config, load_config
+from audit.config import Config, load_config
 from audit.registry import installed_probes, plugin_errors, plugin_manager, probe_origins
 
 app = typer.Typer(
@@ -71,23 +70,17 @@ WaitOpt = Annotated[
 
 
 def _config(path: Path) -> Config:
-    return load_config(path, installed_probes())
+    """audit.toml, every key validated once: against the installed probes and executors."""
+    from audit.run.executors import installed_executors
+
+    return load_config(path, installed_probes(), installed_executors())
 
 
 def _catalog_path(config: Path, catalog: Path | None) -> Path:
     """--catalog, else the config's `catalog` key (read without validating the rest), else the default."""
-    if catalog is not None:
-        return catalog
-    if config.exists():
-        try:
-            raw = tomllib.loads(config.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise UsageError(f"{config}: not valid TOML: {e}") from None
-        value = raw.get("catalog", DEFAULT_CATALOG)
-        if not isinstance(value, str):
-            raise UsageError(f"{config}: catalog: expected a string, got {value!r}")
-        return config.resolve().parent / value
-    return Path(DEFAULT_CATALOG)
+    from audit.config import catalog_location
+
+    return catalog if catalog is not None else catalog_location(config)
 
 
 def _open_catalog(path: Path, wait: float) -> Catalog:
@@ -224,27 +217,19 @@ class _RunDisplay:
 
 
 def _executor(cfg: Config, name: str | None, workers: int | None, address: str | None):
-    """The executor and its options: `--executor` over the config's [executor] name over the default;
-    the config's options apply when it names the same executor; --workers/--address override them."""
-    from audit.config import ConfigError
+    """The executor and its options: `--executor` over the config's [executor] name over the default. The
+    config's options (validated when it was loaded) apply when it names the chosen executor; another gets
+    its defaults. --workers/--address override them."""
     from audit.run.executors import DEFAULT_EXECUTOR, installed_executors
 
     table = dict(cfg.executor)
-    configured = table.pop("name", None)
-    if configured is not None and not isinstance(configured, str):
-        raise ConfigError(cfg.path, "executor.name", f"expected a string, got {configured!r}")
-    chosen = name or configured or DEFAULT_EXECUTOR
+    configured = table.pop("name", DEFAULT_EXECUTOR)
+    chosen = name or configured
     executors = installed_executors()
     if chosen not in executors:
-        where = "--executor" if name else f"{cfg.path}: executor.name"
-        raise UsageError(f"{where}: unknown executor {chosen!r} (installed: {', '.join(executors)})")
+        raise UsageError(f"--executor: unknown executor {chosen!r} (installed: {', '.join(executors)})")
     executor = executors[chosen]
-    options = table if chosen == (configured or DEFAULT_EXECUTOR) else {}
-    try:
-        options = executor.validate_options(options)
-    except (KeyError, ValueError) as e:
-        message = e.args[0] if isinstance(e, KeyError) else str(e)
-        raise ConfigError(cfg.path, "executor", message) from None
+    options = table if chosen == configured else {}
     known = {p.name for p in executor.options}
     for flag, key, value in (("--workers", "workers", workers), ("--address", "address", address)):
         if value is None:
@@ -252,7 +237,10 @@ def _executor(cfg: Config, name: str | None, workers: int | None, address: str |
         if key not in known:
             raise UsageError(f"{flag}: the {chosen!r} executor has no {key!r} option")
         options[key] = value
-    return executor, executor.validate_options(options)
+    try:
+        return executor, executor.validate_options(options)
+    except (KeyError, ValueError) as e:
+        raise UsageError(e.args[0] if isinstance(e, KeyError) else str(e)) from None
 
 
 def _partition(text: str | None) -> tuple[int, int] | None:
@@ -305,7 +293,7 @@ def run(
     if not jobs:
         err.print("nothing to run: no configured probe entry matches (see `audit probes` and audit.toml)")
         raise typer.Exit(0)
-    dev = resolve_device(device or cfg.device)
+    dev = resolve_device(device or cfg.device, "--device" if device else f"{cfg.path}: device")
     cat = _open_catalog(catalog or cfg.catalog, wait)
     runner = Runner(cfg, cat, dev, force=force)
     if share is not None:

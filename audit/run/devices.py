@@ -24,19 +24,20 @@ def single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def resolve_device(requested: str) -> torch.device:
-    """auto → the first CUDA device when there is one, else the CPU; cuda[:N] must exist."""
+def resolve_device(requested: str, where: str = "--device") -> torch.device:
+    """auto → the first CUDA device when there is one, else the CPU; cuda[:N] must exist. ``where`` names
+    what asked for it in error messages (the flag, or the config file's `device` key)."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {requested!r}") from None
+        raise UsageError(f"{where}: expected auto, cpu, cuda or cuda:N, got {requested!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {requested}: CUDA is not available on this machine (use auto or cpu)")
+            raise UsageError(f"{where} = {requested}: CUDA is not available on this machine (use auto or cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise UsageError(f"{where} = {requested}: only {torch.cuda.device_count()} CUDA device(s) visible")
     elif device.type != "cpu":
-        raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {requested!r}")
+        raise UsageError(f"{where}: expected auto, cpu, cuda or cuda:N, got {requested!r}")
     return device

@@ -38,9 +38,8 @@ import torch
 
 from audit.api.context import Progress
 from audit.api.probe import Param, validate
+from audit.config import DEFAULT_EXECUTOR as DEFAULT_EXECUTOR  # re-exported: a run that names none
 from audit.run.worker import JobReport, JobSpec, WorkerState, execute
-
-DEFAULT_EXECUTOR = "local"
 
 
 class JobEvents(Protocol):

@@ -173,7 +173,8 @@ class Runner:
 
         display = display or _Quiet()
         executor = executor or InlineExecutor()
-        options = executor.validate_options(executor_options or {})
+        # options come validated (audit.toml at load, the command line in the CLI); none: the defaults
+        options = executor_options if executor_options is not None else executor.validate_options({})
         self.inline_state.probes.update({job.probe.name: job.probe for job in jobs})
         keys = [self.cache_key(job) for job in jobs]  # fingerprints every input before anything runs
         run_id = self.catalog.start_run(self._run_meta(argv))
