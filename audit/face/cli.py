@@ -190,7 +190,8 @@ class _RunDisplay:
 
         class _Bar:
             def advance(self, steps: float = 1) -> None:
-                progress.advance(task_id, steps)
+                if task_id in progress.task_ids:  # a bar the job replaced since may still report
+                    progress.advance(task_id, steps)
 
         return _Bar()
 
@@ -428,7 +429,9 @@ def print_verdicts(verdicts: list[gates_mod.Verdict], console: Console) -> None:
         mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "missing": "[yellow]MISSING[/]"}[v.status]
         table.add_row(
             mark,
-            v.gate.label,
+            # a named gate also says what it reads: the probe entry (a label when the probe has several
+            # parameter sets) and the metric
+            v.gate.label + (f"\n[dim]{v.gate.source}.{v.gate.metric}[/]" if v.gate.name else ""),
             v.model or "—",
             v.dataset or "—",
             "—" if v.observed is None else f"{v.observed:.4g}",

@@ -23,7 +23,9 @@ class Job:
 
     @property
     def label(self) -> str:
-        parts = [self.probe.name, ",".join(self.models)]
+        # the entry's label, not only the probe's name: two entries of one probe on the same models and
+        # datasets are two jobs, and the display and messages must tell them apart
+        parts = [self.entry or self.probe.name, ",".join(self.models)]
         if self.datasets:
             parts.append("on " + ",".join(self.datasets))
         return " ".join(p for p in parts if p)
