@@ -35,6 +35,7 @@ import glob
 import hashlib
 import importlib.util
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -548,6 +549,9 @@ def _gate(
     entry, fingerprint = _gate_entry(t, probe, t.get("entry", str), entries, probes)
     lo = t.get("min", (int, float))
     hi = t.get("max", (int, float))
+    for key, bound in (("min", lo), ("max", hi)):
+        if bound is not None and math.isnan(bound):  # every comparison with NaN is false: it would pass all
+            raise t.error(key, "expected a number, got nan")
     if lo is None and hi is None:
         raise ConfigError(file, t.key, "a gate needs min and/or max")
     if lo is not None and hi is not None and lo > hi:

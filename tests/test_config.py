@@ -512,6 +512,18 @@ GATE_ERRORS = [
         id="gate-without-bounds",
     ),
     pytest.param(
+        _M + '[[gates]]\nprobe = "cka"\nmetric = "accuracy"\nmin = nan\n',
+        "gates[0].min",
+        ["expected a number, got nan"],
+        id="gate-min-nan",
+    ),
+    pytest.param(
+        _M + '[[gates]]\nprobe = "cka"\nmetric = "accuracy"\nmax = -nan\n',
+        "gates[0].max",
+        ["expected a number, got nan"],
+        id="gate-max-nan",
+    ),
+    pytest.param(
         _M + '[[gates]]\nprobe = "cka"\nmetric = "accuracy"\nmin = 2\nmax = 1\n',
         "gates[0].min",
         ["min (2) is above max (1)"],

@@ -295,3 +295,31 @@ def test_cli_refuses_a_newer_schema_in_one_line(source, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "newer than this model-audit" in r.stderr
     assert not (tmp_path / "dst.duckdb").exists()
+
+
+@pytest.mark.parametrize("loss", ["rows", "file"])
+def test_a_shard_whose_results_lack_their_metric_rows_is_refused(source, tmp_path, loss):
+    """Each result row counts its metric rows (n_metrics): a shard that lost some is refused, nothing imported."""
+    src, _ = source
+    export = tmp_path / "export"
+    export_catalog(src, export)
+    manifest = json.loads((export / "manifest.json").read_text())
+    file = export / "metric_values.parquet"
+    if loss == "rows":  # a consistent file and manifest, but one result's rows gone
+        with duckdb.connect() as con:
+            first = con.execute(f"select result_id from read_parquet('{file}') limit 1").fetchone()[0]
+            con.execute(
+                f"copy (select * from read_parquet('{file}') where result_id <> '{first}') to '{file}.new' (format parquet)"
+            )
+        Path(f"{file}.new").replace(file)
+        with duckdb.connect() as con:
+            manifest["tables"]["metric_values"] = con.execute(f"select count(*) from read_parquet('{file}')").fetchone()[0]
+    else:  # the file and its manifest entry both gone
+        file.unlink()
+        del manifest["tables"]["metric_values"]
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    target = tmp_path / "dst.duckdb"
+    r = audit_cli("catalog", "import", str(export), "--catalog", str(target))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "metric_values rows" in r.stderr
+    assert not target.exists() or Catalog(target).query("select count(*) from results")[1] == [(0,)]

@@ -135,6 +135,7 @@ def test_migration_applies_on_a_catalog_of_the_previous_schema(tmp_path, monkeyp
     monkeypatch.setattr(audit.catalog.store, "MIGRATIONS", MIGRATIONS[: VERSION - 1])
     # the columns of `results` at that schema version (later migrations add columns at the end)
     monkeypatch.setattr(audit.catalog.store, "_RESULT_COLUMNS", audit.catalog.store._RESULT_COLUMNS[:16])
+    monkeypatch.setattr(audit.catalog.store, "_COMPLETE", "status = 'ok'")
     old = Catalog(path)
     run = old.start_run({"tool_version": "old"})
     rid, _ = old.record_result(

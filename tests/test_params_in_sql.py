@@ -55,6 +55,7 @@ def test_migration_backfills_older_results_and_latest_keeps_both_entries(tmp_pat
     path = tmp_path / "c.duckdb"
     monkeypatch.setattr(audit.catalog.store, "MIGRATIONS", MIGRATIONS[: VERSION - 1])
     monkeypatch.setattr(audit.catalog.store, "_RESULT_COLUMNS", audit.catalog.store._RESULT_COLUMNS[:16])
+    monkeypatch.setattr(audit.catalog.store, "_COMPLETE", "status = 'ok'")
     old = Catalog(path)
     run = old.start_run({})
     small, large = {"batch_size": 64}, {"batch_size": 512}
@@ -151,3 +152,13 @@ def test_a_gate_reads_its_own_entry_not_the_latest_of_the_probe(tmp_path):
     assert [(v.gate.entry, v.status) for v in verdicts] == [("cka", "pass"), ("cka(batch_size=64)", "fail")]
     assert [v.value for v in verdicts] == pytest.approx([0.8, 0.4])
     assert np.isfinite([v.value for v in verdicts]).all()
+
+
+def test_a_result_missing_metric_rows_is_not_a_cached_success(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb")
+    rid, _ = cat.record_result(_result(cat.start_run({}), "k", {}, 0.5))
+    assert cat.cached_results(["k"]) == {"k": rid} and cat.cached_result("k") == rid
+    with cat.writer() as con:  # what an incomplete import of an older shard could leave behind
+        con.execute("delete from metric_values where result_id = ?", [rid])
+    assert cat.cached_results(["k"]) == {} and cat.cached_result("k") is None
+    assert cat.query("select n_metrics, n_arrays from results")[1] == [(1, 0)]

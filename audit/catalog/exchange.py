@@ -282,6 +282,7 @@ def _merge(
         if unknown:
             raise UsageError(f"{file}: column {unknown[0]!r} is not in table {table} of this catalog")
         staged[table] = stage
+    _check_counts(con, export, staged)
     # results first: the tables that follow their result need to know which results were added
     con.execute("create or replace temp table _import_added (result_id varchar)")
     order = sorted(staged, key=lambda t: (t != "results", "result_id" in tables[t], t))
@@ -301,6 +302,30 @@ def _merge(
         report._count(table, added, total - added)
         con.execute(f"drop table {stage}")
     con.execute("drop table _import_added")
+
+
+def _check_counts(con: duckdb.DuckDBPyConnection, export: _Export, staged: dict[str, str]) -> None:
+    """Every successful result of the export must come with all its metric and array rows: each result
+    row counts them (``n_metrics``, ``n_arrays``, schema 3 on), so a shard that lost a file or rows is
+    refused before anything is written (else its results would be taken for computed ones forever)."""
+    if "results" not in staged:
+        return
+    stage = staged["results"]
+    columns = {r[0] for r in con.execute(f"describe {stage}").fetchall()}
+    for count, table in (("n_metrics", "metric_values"), ("n_arrays", "arrays")):
+        if count not in columns:  # an export from before schema 3: nothing to check against
+            continue
+        rows = f"(select count(*) from {staged[table]} x where x.result_id = s.result_id)" if table in staged else "0"
+        bad = con.execute(
+            f"select s.result_id, s.{count}, {rows} from {stage} s "
+            f"where s.status = 'ok' and s.{count} is not null and s.{count} <> {rows} limit 1"
+        ).fetchone()
+        if bad:
+            rid, expected, found = bad
+            raise UsageError(
+                f"{export.directory / (table + '.parquet')}: result {rid} has {found} of its {expected} "
+                f"{table} rows (an incomplete export or shard); nothing imported"
+            )
 
 
 def _insert_new(con: duckdb.DuckDBPyConnection, table: str, stage: str, key: tuple[str, ...]) -> int:

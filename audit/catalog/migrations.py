@@ -79,10 +79,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         # digits of the SHA-256 of the stored params JSON, computed here in SQL for older results) and the
         # label of the entry that computed it. `metrics` gains both as its last columns (existing columns
         # unchanged), and `latest_metrics` keeps one row per (probe, parameters, model, dataset, metric).
+        # Each result also counts its metric and array rows (n_metrics, n_arrays): a result whose rows are
+        # not all there (an incomplete import) is never taken for a cached success, and an export carries
+        # the counts that `catalog import` checks.
         """
         alter table results add column params_fingerprint varchar;
         alter table results add column entry varchar;
-        update results set params_fingerprint = left(sha256(coalesce(params::varchar, '{}')), 16), entry = probe;
+        alter table results add column n_metrics integer;
+        alter table results add column n_arrays integer;
+        update results set params_fingerprint = left(sha256(coalesce(params::varchar, '{}')), 16), entry = probe,
+            n_metrics = (select count(*) from metric_values m where m.result_id = results.result_id),
+            n_arrays = (select count(*) from arrays a where a.result_id = results.result_id);
         create or replace view metrics as
             select r.run_id, r.result_id, r.probe,
                    coalesce(m.model, array_to_string(r.models, ',')) as model,

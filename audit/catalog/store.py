@@ -66,7 +66,12 @@ class StoredResult:
 _RESULT_COLUMNS = (
     "result_id", "run_id", "cache_key", "probe", "probe_version", "params", "models", "model_fingerprints",
     "datasets", "dataset_fingerprints", "status", "error", "warnings", "duration_s", "device", "created_at",
-    "params_fingerprint", "entry",
+    "params_fingerprint", "entry", "n_metrics", "n_arrays",
+)
+# a successful result counts as computed only with all its metric rows (an import may have lost them)
+_METRIC_ROWS = "(select count(*) from metric_values m where m.result_id = results.result_id)"
+_COMPLETE = (
+    f"status = 'ok' and case when n_metrics is null then {_METRIC_ROWS} >= 1 else {_METRIC_ROWS} = n_metrics end"
 )
 
 
@@ -184,7 +189,8 @@ class Catalog:
             return None
         with self.reader() as con:
             row = con.execute(
-                "select result_id from results where cache_key = ? and status = 'ok' order by created_at desc limit 1",
+                f"select result_id from results where cache_key = ? and {_COMPLETE} "
+                "order by created_at desc limit 1",
                 [cache_key],
             ).fetchone()
         return row[0] if row else None
@@ -197,7 +203,7 @@ class Catalog:
         with self.reader() as con:
             rows = con.execute(
                 "select cache_key, arg_max(result_id, created_at) from results "
-                "where status = 'ok' and cache_key in (select unnest(?)) group by cache_key",
+                f"where {_COMPLETE} and cache_key in (select unnest(?)) group by cache_key",
                 [list(dict.fromkeys(cache_keys))],
             ).fetchall()
         return dict(rows)
@@ -214,7 +220,7 @@ class Catalog:
             try:
                 if r.status == "ok" and not force:
                     row = con.execute(
-                        "select result_id from results where cache_key = ? and status = 'ok' limit 1",
+                        f"select result_id from results where cache_key = ? and {_COMPLETE} limit 1",
                         [r.cache_key],
                     ).fetchone()
                     if row:
@@ -240,6 +246,8 @@ class Catalog:
                     "created_at": now(),
                     "params_fingerprint": params_fingerprint(r.params),
                     "entry": r.entry or r.probe,
+                    "n_metrics": len(r.metrics),
+                    "n_arrays": len(r.arrays),
                 }
                 con.execute(
                     f"insert into results ({', '.join(_RESULT_COLUMNS)}) "
