@@ -16,7 +16,8 @@ Layout of the file (all paths relative to the file's folder)::
                         weights/torchscript/pickle may be a glob ("ckpt/seed_*.safetensors"): a family,
                         one model per matching file in sorted order, named "NAME/<file stem>"
     [datasets.NAME]     path = "x.npz" | "x.npy" | "x.pt" | "x.parquet"  or  factory = "module:function"
-                        inputs = "x", targets = "y" (optional), task = "classification" | "regression"
+                        inputs = "x", targets = "y" (optional), task = "classification" | "regression",
+                        nonfinite = "error" (default: a NaN/inf input or target refuses the dataset) | "drop"
     [[probes]]          probe = "cka", models = [...], datasets = [...], params = {...}, label = "..."
     [[gates]]           probe, metric, min and/or max, model, dataset, baseline, entry (all but probe/metric
                         optional; `entry` = the label of the probe entry to read, required when one probe
@@ -414,7 +415,7 @@ def _model(file: Path, root: Path, name: str, data: Any) -> list[ModelSpec]:
 
 def _dataset(file: Path, root: Path, name: str, data: Any) -> DatasetSpec:
     t = _Table(file, f"datasets.{name}", data)
-    t.only({"path", "factory", "kwargs", "inputs", "targets", "task"})
+    t.only({"path", "factory", "kwargs", "inputs", "targets", "task", "nonfinite"})
     path = _path(root, t, "path", must_exist=True)
     factory = _factory(t)
     if (path is None) == (factory is None):
@@ -428,7 +429,14 @@ def _dataset(file: Path, root: Path, name: str, data: Any) -> DatasetSpec:
     task = t.get("task", str)
     if task is not None and task not in TASKS:
         raise t.error("task", f"expected one of {', '.join(TASKS)}, got {task!r}")
-    return DatasetSpec(name, path, factory, dict(kwargs), inputs, t.get("targets", str), task)
+    nonfinite = t.get("nonfinite", str, "error")
+    if nonfinite not in ("error", "drop"):
+        raise t.error("nonfinite", f"expected 'error' or 'drop', got {nonfinite!r}")
+    if nonfinite == "drop" and path is not None and path.suffix == ".parquet":
+        raise t.error("nonfinite", "'drop' applies to array datasets (.npz, .npy, .pt, a factory), not .parquet")
+    return DatasetSpec(
+        name, path, factory, dict(kwargs), inputs, t.get("targets", str), task, nonfinite if nonfinite == "drop" else None
+    )
 
 
 def _check_arity(t: _Table, key: str, given: list[str], bounds: tuple[int, int | None], probe: str) -> None:

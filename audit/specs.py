@@ -60,6 +60,9 @@ class DatasetSpec:
     inputs: str | list[str] = "inputs"
     targets: str | None = None
     task: str | None = None
+    # rows with a NaN or infinite input or target: None (the default) refuses the dataset at load, naming
+    # the array, the count and the first row; "drop" leaves those rows out (array datasets)
+    nonfinite: str | None = None
 
 
 Spec = TypeVar("Spec", ModelSpec, DatasetSpec)

@@ -260,9 +260,10 @@ Dataset = ArrayData | ParquetData
 def _selection_fingerprint(spec: DatasetSpec, content: str) -> str:
     """Content hash plus which arrays are used and how: `inputs = "raw"` and `inputs = "scaled"` of one file
     are different datasets to a probe, so they must not share cached results."""
-    selection = json.dumps(
-        {"inputs": spec.inputs, "targets": spec.targets, "task": spec.task}, sort_keys=True
-    )
+    chosen: dict[str, Any] = {"inputs": spec.inputs, "targets": spec.targets, "task": spec.task}
+    if spec.nonfinite is not None:  # only when set: datasets of older configs keep their fingerprints
+        chosen["nonfinite"] = spec.nonfinite
+    selection = json.dumps(chosen, sort_keys=True)
     return hashlib.sha256(f"{content}:{selection}".encode()).hexdigest()
 
 
@@ -319,6 +320,9 @@ def _arrays_fingerprint(spec: DatasetSpec, arrays: dict[str, Any]) -> str:
     h = hashlib.sha256()
     for key in sorted(arrays):
         a = arrays[key]
+        if isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16:  # NumPy has no bfloat16: hash its bits
+            a = a.detach().cpu().contiguous().view(torch.int16).numpy()
+            h.update(b"bfloat16")
         a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.ascontiguousarray(a)
         h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
         h.update(np.ascontiguousarray(a).tobytes())
@@ -345,7 +349,85 @@ def _array_data(
             raise UsageError(f"{what}: inputs have {x.shape[0]} rows but targets have {y.shape[0]}")
     if x.ndim == 0 or x.shape[0] == 0:
         raise UsageError(f"{what}: inputs are empty")
+    _check_dtype(x, f"{what}: inputs {key!r}", INPUT_KINDS)
+    if y is not None:
+        _check_dtype(y, f"{what}: targets {spec.targets!r}", TARGET_KINDS)
+    bad = _nonfinite_rows(x, y)
+    if bad is not None and bad.any():
+        if spec.nonfinite != "drop":
+            first = int(np.flatnonzero(bad)[0])
+            where = _nonfinite_where(x, y, first, key, spec.targets)
+            raise UsageError(
+                f"{what}: {int(bad.sum())} of {len(bad)} rows hold NaN or infinite values (first: row {first}, "
+                f"in {where}); fix the data or set nonfinite = 'drop' on the dataset"
+            )
+        keep = np.flatnonzero(~bad)
+        if not len(keep):
+            raise UsageError(f"{what}: every row holds a NaN or infinite value (nonfinite = 'drop' left none)")
+        x = x[torch.from_numpy(keep)] if isinstance(x, torch.Tensor) else np.asarray(x)[keep]
+        if y is not None:
+            y = y[torch.from_numpy(keep)] if isinstance(y, torch.Tensor) else np.asarray(y)[keep]
     return ArrayData(spec.name, x, y, fingerprint, _task(spec, y))
+
+
+# what a dataset's arrays may hold: NumPy dtype kinds and item sizes (a torch tensor is judged by the NumPy
+# dtype it maps to; bfloat16, which NumPy lacks, counts as a float). Inputs: floating point, or 32/64-bit
+# integer token ids; targets: numbers (class labels, regression values) or booleans.
+INPUT_KINDS = {"f": None, "i": (4, 8)}
+TARGET_KINDS = {"f": None, "i": None, "u": None, "b": None}
+_ROWS_PER_CHECK = 65536  # rows scanned at a time for non-finite values (a memory map stays out of memory)
+
+
+def _check_dtype(a: Any, what: str, kinds: dict[str, tuple[int, ...] | None]) -> None:
+    if isinstance(a, torch.Tensor):
+        if a.dtype == torch.bfloat16 and "f" in kinds:
+            return
+        if a.is_complex():
+            kind, size, name = "c", a.element_size(), str(a.dtype).replace("torch.", "")
+        else:
+            dt = torch.empty(0, dtype=a.dtype).numpy().dtype
+            kind, size, name = dt.kind, dt.itemsize, dt.name
+    else:
+        dt = np.asarray(a[:0]).dtype if hasattr(a, "__getitem__") else np.asarray(a).dtype
+        kind, size, name = dt.kind, dt.itemsize, dt.name
+    sizes = kinds.get(kind, ())
+    if kind in kinds and (sizes is None or size in sizes):
+        return
+    expected = "floating point or int32/int64 token ids" if kinds is INPUT_KINDS else "numbers or booleans"
+    raise UsageError(f"{what}: expected {expected}, got dtype {name}")
+
+
+def _nonfinite_rows(x: Any, y: Any) -> np.ndarray | None:
+    """A boolean per row: does its input (or target) hold a NaN or an infinity? None: nothing can."""
+    arrays = [a for a in (x, y) if a is not None and _is_float(a)]
+    if not arrays:
+        return None
+    n = int(x.shape[0])
+    bad = np.zeros(n, dtype=bool)
+    for a in arrays:
+        for start in range(0, n, _ROWS_PER_CHECK):
+            chunk = a[start : start + _ROWS_PER_CHECK]
+            if isinstance(chunk, torch.Tensor):
+                finite = torch.isfinite(chunk.float() if chunk.dtype == torch.bfloat16 else chunk).numpy()
+            else:
+                finite = np.isfinite(np.asarray(chunk))
+            bad[start : start + len(finite)] |= ~finite.reshape(len(finite), -1).all(axis=1)
+    return bad
+
+
+def _is_float(a: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return a.is_floating_point()
+    return np.issubdtype(a.dtype, np.floating)
+
+
+def _nonfinite_where(x: Any, y: Any, row: int, inputs: str, targets: str | None) -> str:
+    def bad(a: Any) -> bool:
+        v = a[row]
+        v = v.float().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        return not np.isfinite(v).all()
+
+    return f"inputs {inputs!r}" if _is_float(x) and bad(x) else f"targets {targets!r}"
 
 
 def _task(spec: DatasetSpec, y: Any) -> str | None:
@@ -362,19 +444,61 @@ def _parquet_data(spec: DatasetSpec, path: Path, fingerprint: str, what: str) ->
     import duckdb
 
     con = duckdb.connect()
+    inputs = [spec.inputs] if isinstance(spec.inputs, str) else list(spec.inputs)
     try:
-        columns = [
-            r[0] for r in con.execute("describe select * from read_parquet(?)", [str(path)]).fetchall()
-        ]
+        types = dict(
+            (r[0], r[1]) for r in con.execute("describe select * from read_parquet(?)", [str(path)]).fetchall()
+        )
+        columns = list(types)
+        for c in [*inputs, *([spec.targets] if spec.targets else [])]:
+            if c not in columns:
+                raise UsageError(f"{what}: no column {c!r} in {path.name} (columns: {', '.join(columns)})")
+        for c in inputs:
+            _check_column_type(types[c], f"{what}: input column {c!r}", INPUT_TYPES)
+        if spec.targets:
+            _check_column_type(types[spec.targets], f"{what}: target column {spec.targets!r}", TARGET_TYPES)
         n = con.execute("select count(*) from read_parquet(?)", [str(path)]).fetchone()[0]
         sample = con.execute("select * from read_parquet(?) limit 1", [str(path)]).fetchnumpy()
+        _check_parquet_finite(con, path, [*inputs, *([spec.targets] if spec.targets else [])], types, what)
     except duckdb.Error as e:
         raise UsageError(f"{what}: cannot read {path.name}: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
-    inputs = [spec.inputs] if isinstance(spec.inputs, str) else list(spec.inputs)
-    for c in [*inputs, *([spec.targets] if spec.targets else [])]:
-        if c not in columns:
-            raise UsageError(f"{what}: no column {c!r} in {path.name} (columns: {', '.join(columns)})")
     y = _column(sample[spec.targets]) if spec.targets else None
     return ParquetData(spec.name, path, inputs, spec.targets, int(n), fingerprint, _task(spec, y))
+
+
+# Parquet column types (DuckDB's names, a list column as its element type) a dataset may use, as for arrays
+INPUT_TYPES = ("FLOAT", "DOUBLE", "INTEGER", "BIGINT")
+TARGET_TYPES = ("FLOAT", "DOUBLE", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
+                "UINTEGER", "UBIGINT", "BOOLEAN")
+
+
+def _check_column_type(duck_type: str, what: str, allowed: tuple[str, ...]) -> None:
+    element = duck_type.split("[")[0]
+    if element not in allowed:
+        raise UsageError(f"{what}: expected one of {', '.join(allowed)} (or a list of them), got {duck_type}")
+
+
+def _check_parquet_finite(con: Any, path: Path, columns: list[str], types: dict[str, str], what: str) -> None:
+    """One scan counting the rows with a NaN or infinite value in a float column (lists element-wise)."""
+    tests = []
+    for c in columns:
+        element, is_list = types[c].split("[")[0], "[" in types[c]
+        if element not in ("FLOAT", "DOUBLE"):
+            continue
+        q = '"' + c.replace('"', '""') + '"'
+        tests.append(f"list_bool_or(list_transform({q}, lambda v: not isfinite(v)))" if is_list else f"not isfinite({q})")
+    if not tests:
+        return
+    any_bad = " or ".join(f"coalesce({t}, false)" for t in tests)
+    count, first = con.execute(
+        f"select count(*) filter (where {any_bad}), min(i) filter (where {any_bad}) "
+        "from (select *, row_number() over () - 1 as i from read_parquet(?))",
+        [str(path)],
+    ).fetchone()
+    if count:
+        raise UsageError(
+            f"{what}: {count} rows of {path.name} hold NaN or infinite values (first: row {first}); fix the data "
+            "(nonfinite = 'drop' applies to array datasets only)"
+        )
