@@ -102,3 +102,32 @@ def test_a_factory_that_returns_no_module_is_refused(tmp_path):
     (tmp_path / "mods.py").write_text("def bad():\n    return {'weight': 1}\n")
     with pytest.raises(UsageError, match=r"model 'm': expected a torch.nn.Module, got dict"):
         load_model(ModelSpec("m", factory="mods:bad"), tmp_path, torch.device("cpu"))
+
+
+def _project(tmp_path, weights_shape=(3, 4), nan=False):
+    from safetensors.torch import save_file
+
+    (tmp_path / "mods.py").write_text("import torch\ndef lin():\n    return torch.nn.Linear(4, 3)\n")
+    save_file({"weight": torch.zeros(weights_shape), "bias": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    if nan:
+        x[5, 2] = np.nan
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(32) % 3)
+    (tmp_path / "audit.toml").write_text(
+        '[models.m]\nfactory = "mods:lin"\nweights = "w.safetensors"\n'
+        '[datasets.d]\npath = "d.npz"\ninputs = "x"\ntargets = "y"\n'
+        '[[probes]]\nprobe = "trimmed_ks"\nmodels = ["m", "m"]\n'
+    )
+    return tmp_path / "audit.toml"
+
+
+@pytest.mark.parametrize("fault", ["weights", "nan"])
+def test_a_load_error_is_the_first_line_and_writes_nothing(tmp_path, fault):
+    from conftest import audit_cli
+
+    config = _project(tmp_path, (3, 5) if fault == "weights" else (3, 4), nan=fault == "nan")
+    ran = audit_cli("run", "--config", str(config), "--executor", "inline")
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    first = ran.stderr.strip().splitlines()[0]
+    assert first.startswith("error:") and ("do not fit" in first if fault == "weights" else "NaN" in first)
+    assert not (tmp_path / ".audit").exists()  # no catalog file, no run row, no model row

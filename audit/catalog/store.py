@@ -195,6 +195,20 @@ class Catalog:
             ).fetchone()
         return row[0] if row else None
 
+    def known_models(self, fingerprints: list[str]) -> set[str]:
+        """The model fingerprints the catalog has seen load and run: in a successful result, or with
+        cached outputs (a model of the same fingerprint is built from the same files and factory)."""
+        if not self.path.exists() or not fingerprints:
+            return set()
+        with self.reader() as con:
+            tables = {r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()}
+            sql = (
+                "select distinct f from (select unnest(model_fingerprints) as f from results where status = 'ok'"
+                + (" union all select model_fingerprint from model_outputs" if "model_outputs" in tables else "")
+                + ") where f in (select unnest(?))"
+            )
+            return {r[0] for r in con.execute(sql, [fingerprints]).fetchall()}
+
     def cached_results(self, cache_keys: list[str]) -> dict[str, str]:
         """:meth:`cached_result` for many keys in one query (one connection: a run of 10⁴ small jobs would
         otherwise open the file 10⁴ times before starting): cache key → the latest successful result id."""

@@ -299,6 +299,7 @@ def run(
     runner = Runner(cfg, cat, dev, force=force)
     if share is not None:
         jobs = partition_jobs(jobs, [runner.cache_key(j) for j in jobs], *share)
+    runner.check_inputs(jobs)  # an input error is the first line, and the catalog gains nothing
     err.print(
         f"[bold]audit run[/]: {len(jobs)} job(s) on {dev} via {chosen.name} → {cat.path}"
         + (f" (partition {share[0]}/{share[1]})" if share else ""),

@@ -112,6 +112,7 @@ class Runner:
         # datasets through it (for fingerprints), so an inline job reuses what fingerprinting loaded
         self.inline_state = WorkerState("driver", None, output_cache=self.output_cache)
         self._model_fps: dict[str, str] = {}
+        self._checked: tuple[tuple[int, ...], list[str], dict[str, str]] | None = None
 
     def dataset(self, name: str) -> sources.Dataset:
         return self.inline_state.dataset(self.config.datasets[name], self.config.root)
@@ -160,6 +161,28 @@ class Runner:
             outputs=outputs,
         )
 
+    def check_inputs(self, jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
+        """Load every input of `jobs` before the run writes anything: each dataset (read and fingerprinted,
+        its values checked) and each model a job still has to compute with that the catalog has never seen
+        run (built once on the CPU, its weights fitted, then dropped — workers build their own; a model of a
+        fingerprint the catalog knows is built from the same files and factory, so it is not built again).
+        An input error raises here, so the run leaves no trace in the catalog. Returns the jobs' cache keys
+        and the stored results they hit (cache key → result id). Done once per set of jobs; :meth:`run`
+        calls it when the caller has not.
+        """
+        marker = tuple(id(j) for j in jobs)
+        if self._checked is not None and self._checked[0] == marker:
+            return self._checked[1], self._checked[2]
+        keys = [self.cache_key(job) for job in jobs]  # loads and fingerprints every dataset
+        stored = {} if self.force else self.catalog.cached_results(keys)
+        needed = sorted({m for job, key in zip(jobs, keys, strict=True) if key not in stored for m in job.models})
+        known = self.catalog.known_models([self.model_fingerprint(m) for m in needed])
+        for name in (m for m in needed if self.model_fingerprint(m) not in known):
+            model = sources.load_model(self.config.models[name], self.config.root, torch.device("cpu"))
+            del model
+        self._checked = (marker, keys, stored)
+        return keys, stored
+
     def run(
         self,
         jobs: list[Job],
@@ -176,14 +199,13 @@ class Runner:
         # options come validated (audit.toml at load, the command line in the CLI); none: the defaults
         options = executor_options if executor_options is not None else executor.validate_options({})
         self.inline_state.probes.update({job.probe.name: job.probe for job in jobs})
-        keys = [self.cache_key(job) for job in jobs]  # fingerprints every input before anything runs
+        keys, stored = self.check_inputs(jobs)  # every input loads before anything is written
         run_id = self.catalog.start_run(self._run_meta(argv))
         self._record_sources(jobs)
         outcomes: dict[int, JobOutcome] = {}
         status = "interrupted"
         try:
             specs = []
-            stored = {} if self.force else self.catalog.cached_results(keys)
             for i, (job, key) in enumerate(zip(jobs, keys, strict=True)):
                 cached = stored.get(key)
                 if cached:
