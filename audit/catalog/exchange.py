@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ import duckdb
 
 from audit.api.errors import UsageError
 from audit.catalog.migrations import MIGRATIONS
-from audit.catalog.store import Catalog, now
+from audit.catalog.store import Catalog, is_damage, now
 
 FORMAT = "model-audit-catalog"
 FORMAT_VERSION = 1
@@ -84,6 +85,20 @@ def export_catalog(catalog: Catalog, directory: Path, *, run_ids: list[str] | No
     Returns the rows written per table.
     """
     directory = Path(directory)
+    created = not directory.exists()
+    written: list[Path] = []
+    try:
+        return _export(catalog, directory, run_ids, written)
+    except BaseException:
+        # a failed export leaves nothing behind: the files it wrote, and the folder if it made it
+        for f in written:
+            f.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _export(catalog: Catalog, directory: Path, run_ids: list[str] | None, written: list[Path]) -> dict[str, int]:
     counts: dict[str, int] = {}
     with catalog.exporter() as con:  # a missing catalog is refused before the directory is touched
         try:
@@ -102,12 +117,15 @@ def export_catalog(catalog: Catalog, directory: Path, *, run_ids: list[str] | No
         for table, columns in tables.items():
             where = "" if run_ids is None else _run_filter(table, columns, _sql_list(run_ids))
             target = directory / f"{table}.parquet"
+            written.append(target)
             try:
                 counts[table] = con.execute(
                     f"copy (select * from {table} t {where} order by t.rowid) "
                     f"to {_sql_string(str(target))} (format parquet)"
                 ).fetchone()[0]
             except duckdb.IOException as e:
+                if is_damage(e):
+                    raise
                 raise UsageError(f"cannot write {target}: {_first_line(e)}") from None
         con.execute("commit")
     manifest = {

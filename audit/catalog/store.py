@@ -36,6 +36,14 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def is_damage(e: BaseException) -> bool:
+    """Whether a DuckDB error says the database file itself is broken (not the SQL, not a lock)."""
+    text = str(e).lower()
+    return isinstance(e, duckdb.IOException | duckdb.SerializationException | duckdb.InternalException) and any(
+        w in text for w in ("could not read enough bytes", "corrupt", "checksum", "invalid block", "serializ")
+    )
+
+
 def _is_lock_error(e: Exception) -> bool:
     text = str(e).lower()
     return "lock" in text and ("could not set" in text or "conflicting" in text)
@@ -119,7 +127,8 @@ class Catalog:
         """A read-only connection with file-system access disabled (no COPY TO, no ATTACH)."""
         con = self._connect(read_only=True)
         try:
-            yield con
+            with self._damage_is_a_usage_error():
+                yield con
         finally:
             con.close()
 
@@ -128,7 +137,8 @@ class Catalog:
         """A read-only connection that may write files (COPY … TO): `audit catalog export`, never user SQL."""
         con = self._connect(read_only=True, file_access=True)
         try:
-            yield con
+            with self._damage_is_a_usage_error():
+                yield con
         finally:
             con.close()
 
@@ -136,12 +146,27 @@ class Catalog:
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
         con = self._connect(read_only=False)
         try:
-            if not self._migrated:
-                migrate(con)
-                self._migrated = True
-            yield con
+            with self._damage_is_a_usage_error():
+                if not self._migrated:
+                    migrate(con)
+                    self._migrated = True
+                yield con
         finally:
             con.close()
+
+    @contextmanager
+    def _damage_is_a_usage_error(self) -> Iterator[None]:
+        """A truncated or corrupt file opens fine and fails on the first read of a lost block (DuckDB reads
+        lazily): wherever that happens, it is one line naming the file, not a traceback."""
+        try:
+            yield
+        except duckdb.Error as e:
+            if not is_damage(e):
+                raise
+            raise UsageError(
+                f"catalog {self.path} is damaged (truncated or corrupt: {str(e).splitlines()[0]}); restore it "
+                "from a copy or an export (`audit catalog import`)"
+            ) from None
 
     # ------------------------------------------------------------ runs
 
@@ -501,13 +526,15 @@ class Catalog:
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run SQL on a read-only connection; a write or a file access is refused (UsageError)."""
         with self.reader() as con:
-            try:
+            try:  # fetching raises too (a lost block, a cast that fails on a later row)
                 cur = con.execute(sql, params or [])
+                if cur.description is None:
+                    return [], []
+                return [d[0] for d in cur.description], cur.fetchall()
             except duckdb.Error as e:
+                if is_damage(e):
+                    raise  # the reader names the damaged file
                 raise UsageError(f"query failed: {str(e).splitlines()[0]}") from None
-            if cur.description is None:
-                return [], []
-            return [d[0] for d in cur.description], cur.fetchall()
 
 
 class CatalogOutputCache:
