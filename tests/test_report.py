@@ -97,14 +97,14 @@ def test_report_is_one_self_contained_file_with_summary_gates_and_a_section_per_
 def test_report_filters_by_run_model_and_probe(demo_catalog, tmp_path):
     cat = catalog_of(demo_catalog)
     out = tmp_path / "r.html"
-    r = audit_cli("report", "--catalog", str(cat), "--probe", "cka", "--model", "mlp_b", "--out", str(out))
+    r = audit_cli("report", "--catalog", str(cat), "--probe", "cka", "--model", "mlp_b", "--out", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     html = out.read_text()
     assert 'id="probe-cka"' in html and 'id="probe-entk"' not in html
     assert html.count('<article class="result"') == 1  # only the mlp_a × mlp_b job names mlp_b
     assert "no gates configured" in html  # no audit.toml in the working directory
     _, runs = Catalog(cat).query("select run_id from runs")
-    r = audit_cli("report", "--catalog", str(cat), "--run", runs[0][0][:6], "--out", str(out))
+    r = audit_cli("report", "--catalog", str(cat), "--run", runs[0][0][:6], "--out", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"results computed in run {runs[0][0]}" in out.read_text()
 
