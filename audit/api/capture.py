@@ -22,6 +22,8 @@ Three things real architectures do that this module is built around:
 
 A model whose forward returns a ``dict``/``ModelOutput`` (Hugging Face) or a tuple is read through
 :func:`select_output`, so that every probe sees one tensor per example.
+
+torch is imported by the functions that use it: a probe declares ``choices=SEQUENCE_RULES`` without it.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from audit.api.errors import ProbeInputError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 OUTPUT = "output"
 
@@ -59,6 +63,8 @@ def pick_output(value: object, rule: str | int | None = None, where: str = "the 
     first of :data:`AUTO_OUTPUT_KEYS` it holds, else its first tensor; a tuple/list its first tensor. A
     string names a key or a dotted path (``"logits"``, ``"hidden_states.-1"``); an int an element.
     """
+    import torch
+
     if rule is None or rule == "auto":
         if isinstance(value, torch.Tensor):
             return value
@@ -102,6 +108,8 @@ def select_output(model: torch.nn.Module, rule: str | int | None = None) -> torc
     and every probe see the model unchanged; only what a call returns is narrowed. Calling it again replaces
     the rule. Returns the model.
     """
+    import torch
+
     old = getattr(model, "_audit_output_hook", None)
     if old is not None:
         old.remove()
@@ -119,6 +127,8 @@ def select_output(model: torch.nn.Module, rule: str | int | None = None) -> torc
 
 def _first_tensor(value: object) -> torch.Tensor | None:
     """The tensor a module's output stands for (tuples: the first; mappings: as :func:`pick_output`)."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value
     try:
@@ -240,6 +250,8 @@ def _same_for_every_example(t: torch.Tensor, batch: int) -> bool:
 def survey(model: torch.nn.Module, x: torch.Tensor) -> Survey:
     """Run the model on up to :data:`SURVEY_EXAMPLES` examples of `x`, and on one example fewer, with a hook
     on every named module: which modules run, how often, and which axis of each output follows the batch."""
+    import torch
+
     x = x[:SURVEY_EXAMPLES]
     b = int(x.shape[0])
     modules = [(name, m) for name, m in model.named_modules() if name]
@@ -374,6 +386,8 @@ class Capture:
 
     def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One forward pass under no_grad: ({layer: output as the layer produced it}, model output)."""
+        import torch
+
         for attempt in range(2):
             self.slots.clear()
             with torch.no_grad():

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
+if TYPE_CHECKING:  # NumPy and the probe context (torch) are not imported to declare or register a probe
+    import numpy as np
 
-if TYPE_CHECKING:
     from audit.api.context import Context
 
 _TYPE_NAMES = {
@@ -129,6 +129,8 @@ class ProbeResult:
         self.metrics.append(Metric(name, float(value), model, dataset))
 
     def array(self, name: str, value: Any) -> None:
+        import numpy as np
+
         self.arrays[name] = np.asarray(value)
 
     def warn(self, message: str) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-ESTIMATORS = ("unbiased", "biased")
+from model_audit_probes.cka.choices import ESTIMATORS
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:

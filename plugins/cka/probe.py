@@ -1,19 +1,20 @@
-"""The `cka` probe: layer×layer linear CKA (unbiased minibatch HSIC) of one model, ID vs OOD, or A vs B."""
+"""The `cka` probe: layer×layer linear CKA (unbiased minibatch HSIC) of one model, ID vs OOD, or A vs B.
+
+Declaring the probe imports no NumPy, SciPy or torch (every command that reads audit.toml registers it);
+the methods that compute import them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from audit import Needs, Param, Probe, ProbeResult
-from audit.api.capture import SEQUENCE_RULES, features
+from audit.api.capture import SEQUENCE_RULES
 from audit.api.errors import ProbeInputError
-from model_audit_probes.cka.hsic import ESTIMATORS, MinibatchCKA
-from model_audit_probes.cka.summary import TaskScore, cross_summary, spectrum, summarise
+from model_audit_probes.cka.choices import ESTIMATORS, GRAM_DTYPES
 
-GRAM_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class CKAProbe(Probe):
@@ -53,7 +54,7 @@ class CKAProbe(Probe):
             str,
             "float32",
             "dtype of the Gram products (centring and sums are float64)",
-            choices=tuple(GRAM_DTYPES),
+            choices=GRAM_DTYPES,
         ),
         Param(
             "eigenvalues", int, 3, "how many leading eigenvalues of the CKA matrix to store as metrics", min=0
@@ -130,6 +131,10 @@ class CKAProbe(Probe):
     # ---------------------------------------------------------------- one model, one or two datasets
 
     def _single(self, ctx, params, result: ProbeResult, progress) -> None:
+        import numpy as np
+
+        from model_audit_probes.cka.summary import spectrum, summarise
+
         model = ctx.models[0]
         layers = ctx.resolve_layers(model, params["layers"], ctx.datasets[0])
         result.array("layers", np.array(layers, dtype=object))
@@ -166,6 +171,10 @@ class CKAProbe(Probe):
     # ---------------------------------------------------------------- two models, one dataset
 
     def _cross(self, ctx, params, result: ProbeResult, progress) -> None:
+        import numpy as np
+
+        from model_audit_probes.cka.summary import cross_summary
+
         (a, b), d = ctx.models, ctx.datasets[0]
         layers_a = ctx.resolve_layers(a, params["layers"], d)
         layers_b = ctx.resolve_layers(b, params["layers"], d)
@@ -190,7 +199,13 @@ class CKAProbe(Probe):
     # ---------------------------------------------------------------- streaming
 
     def _accumulate(self, ctx, params, a, b, d, layers_a, layers_b, progress):
-        gram_dtype = GRAM_DTYPES[params["gram_dtype"]]
+        import torch
+
+        from audit.api.capture import features
+        from model_audit_probes.cka.hsic import MinibatchCKA
+        from model_audit_probes.cka.summary import TaskScore
+
+        gram_dtype = getattr(torch, params["gram_dtype"])  # a name of GRAM_DTYPES
         acc = MinibatchCKA(
             len(layers_a), None if b is None else len(layers_b), params["estimator"], gram_dtype
         )

@@ -3,12 +3,14 @@
 Off-diagonal statistics follow Gondhalekar et al.: when a model fails out of distribution its layers'
 representations stay similar to each other (a block structure), so the off-diagonal values grow and
 their skewness and the share of the leading eigenvalue change.
+
+SciPy is imported by :func:`summarise` alone: `audit report` draws the CKA figures with :func:`offdiagonal`
+and needs no SciPy.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 
 def offdiagonal(matrix: np.ndarray) -> np.ndarray:
@@ -46,6 +48,8 @@ def effective_rank(eigenvalues: np.ndarray) -> float:
 
 def summarise(matrix: np.ndarray, n_eigenvalues: int = 3) -> dict[str, float]:
     """The seed-paper summaries of one square CKA matrix."""
+    from scipy import stats
+
     off = offdiagonal(matrix)
     eig = spectrum(matrix)
     out = {

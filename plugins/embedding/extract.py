@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from audit.api.errors import ProbeInputError
-
-POOLINGS = ("mean", "first", "last", "max", "flatten")
+from model_audit_probes.embedding.choices import POOLINGS
 
 
 def pool(t: torch.Tensor, how: str) -> torch.Tensor:

@@ -14,18 +14,24 @@ the LDA projection, the silhouette, a kernel two-sample test (MMD, Gaussian kern
 as alibi-detect's MMDDrift, permutation p-value) for every pair of sources, and component–label associations.
 With `null_control` each source is also split into two random halves and the same tests are run between
 them: the A-vs-A control, which must *not* separate.
+
+Declaring the probe imports no NumPy, SciPy or torch (every command that reads audit.toml registers it);
+the methods that compute import them.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from audit import Needs, Param, Probe, ProbeResult
 from audit.api.errors import ProbeInputError
-from model_audit_probes.embedding import extract, stats
+from model_audit_probes.embedding.choices import POOLINGS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from model_audit_probes.embedding import extract
 
 
 class EmbeddingProbe(Probe):
@@ -38,7 +44,7 @@ class EmbeddingProbe(Probe):
     )
     params = (
         Param("layer", str, "output", "module whose output is the embedding ('output': the model's output)"),
-        Param("pooling", str, "mean", "pooling of (batch, seq, d) outputs", choices=extract.POOLINGS),
+        Param("pooling", str, "mean", "pooling of (batch, seq, d) outputs", choices=POOLINGS),
         Param(
             "keep_per_source", int, 2000, "rows per source kept for LDA, CV, MMD, silhouette, plots", min=10
         ),
@@ -117,6 +123,10 @@ class EmbeddingProbe(Probe):
         return entries
 
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:
+        import numpy as np
+
+        from model_audit_probes.embedding import extract, stats
+
         seed = ctx.seed
         result = ProbeResult()
         names = [d.name for d in ctx.datasets]
@@ -175,6 +185,8 @@ class EmbeddingProbe(Probe):
     @staticmethod
     def _embeddings(ctx, dataset, params):
         """Batches of (embeddings (b, d) on the device, targets) for one source."""
+        from model_audit_probes.embedding import extract
+
         if not ctx.models:  # precomputed embeddings: the dataset's inputs
             for xb, yb in dataset.batches(params["batch_size"], ctx.device):
                 yield extract.pool(xb.float(), params["pooling"]), yb
@@ -190,6 +202,10 @@ class EmbeddingProbe(Probe):
 
     @staticmethod
     def _separation(result, x, y, names, params, seed, device) -> None:
+        import numpy as np
+
+        from model_audit_probes.embedding import stats
+
         counts = np.bincount(y)
         result.metric("chance_accuracy", counts.max() / counts.sum())
         perm = stats.permutation_test(
@@ -221,6 +237,10 @@ class EmbeddingProbe(Probe):
 
     @staticmethod
     def _associations(result, scores, y, samples) -> None:
+        import numpy as np
+
+        from model_audit_probes.embedding import stats
+
         labels: dict[str, np.ndarray] = {"source": y}
         if all(s.targets is not None for s in samples):
             labels["target"] = np.concatenate([s.targets for s in samples])
@@ -235,6 +255,10 @@ class EmbeddingProbe(Probe):
     @staticmethod
     def _null_control(result, samples, names, params, seed, device) -> None:
         """Two random halves of each source: the same tests must find nothing (A vs A)."""
+        import numpy as np
+
+        from model_audit_probes.embedding import stats
+
         rng = np.random.default_rng(seed + 1)
         for s, name in zip(samples, names, strict=True):
             if len(s.x) < 2 * params["folds"]:

@@ -30,10 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg, stats
 
-SPACES = ("linear", "log10")
-NONPOSITIVE_RULES = ("error", "mask", "floor")
-COVARIANCE_KINDS = ("auto", "diagonal", "full", "realisations")
-SINGULAR_RULES = ("error", "pinv")
+from model_audit_probes.emulator.choices import COVARIANCE_KINDS, NONPOSITIVE_RULES, SINGULAR_RULES, SPACES
+
 PERCENTILES = (68.0, 95.0, 99.0)
 
 

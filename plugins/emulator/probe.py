@@ -18,19 +18,24 @@ unbiased sample covariance with the Hartlap factor, p-values from Hotelling's F)
 Spaces: ``stored`` says how targets, model outputs and realisations are stored (linear or log10), ``space``
 where residuals are taken; per-bin errors and full matrices must be given in the comparison space. Values ≤ 0
 going to log10 follow ``nonpositive`` (error, mask the bin for that sample, or floor).
+
+Declaring the probe imports no NumPy, SciPy or torch (every command that reads audit.toml registers it);
+the methods that compute import them.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from audit import Needs, Param, Probe, ProbeResult
 from audit.api.errors import ProbeInputError
-from model_audit_probes.emulator import chi2
+from model_audit_probes.emulator.choices import COVARIANCE_KINDS, NONPOSITIVE_RULES, SINGULAR_RULES, SPACES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from model_audit_probes.emulator import chi2
 
 TOY = "model_audit_probes.emulator.toy"
 
@@ -52,18 +57,16 @@ class EmulatorProbe(Probe):
             str,
             "auto",
             "how to read the covariance dataset (auto: 1 row = errors, symmetric bins×bins = matrix, else realisations)",
-            choices=chi2.COVARIANCE_KINDS,
+            choices=COVARIANCE_KINDS,
         ),
-        Param(
-            "stored", str, "linear", "how targets, outputs and realisations are stored", choices=chi2.SPACES
-        ),
-        Param("space", str, "stored", "where residuals are taken", choices=("stored", *chi2.SPACES)),
+        Param("stored", str, "linear", "how targets, outputs and realisations are stored", choices=SPACES),
+        Param("space", str, "stored", "where residuals are taken", choices=("stored", *SPACES)),
         Param(
             "nonpositive",
             str,
             "error",
             "values ≤ 0 going to log10: error, mask (drop the bin from that sample), floor",
-            choices=chi2.NONPOSITIVE_RULES,
+            choices=NONPOSITIVE_RULES,
         ),
         Param("floor", float, 0.0, "the floor for nonpositive = 'floor' (stored units, > 0)", min=0),
         Param(
@@ -71,7 +74,7 @@ class EmulatorProbe(Probe):
             str,
             "error",
             "a singular covariance: error, or pinv (pseudo-inverse on the supported subspace, dof = rank)",
-            choices=chi2.SINGULAR_RULES,
+            choices=SINGULAR_RULES,
         ),
         Param("rcond", float, 1e-10, "eigenvalues below rcond × the largest count as zero", min=0, max=1),
         Param("level", float, 0.05, "a sample fails when its p-value is below this level", min=0, max=1),
@@ -136,6 +139,10 @@ class EmulatorProbe(Probe):
     # ------------------------------------------------------------------------------------------- run
 
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:
+        import numpy as np
+
+        from model_audit_probes.emulator import chi2
+
         cov_dataset, tests = self._split_datasets(ctx, params["covariance"])
         baseline, emulators = self._split_models(ctx, params["baseline"])
         stored = params["stored"]
@@ -219,6 +226,11 @@ class EmulatorProbe(Probe):
 
     @staticmethod
     def _covariance(ctx, dataset, params, p: int, stored: str, space: str, convert) -> chi2.Covariance:
+        import numpy as np
+        import torch
+
+        from model_audit_probes.emulator import chi2
+
         rows = [x.cpu().numpy() for x, _ in dataset.batches(4096, torch.device("cpu"))]
         data = np.concatenate(rows).astype(np.float64)
         what = f"covariance dataset {dataset.name!r}"
@@ -232,6 +244,10 @@ class EmulatorProbe(Probe):
 
     @staticmethod
     def _record_covariance(result: ProbeResult, cov: chi2.Covariance, space: str) -> None:
+        import numpy as np
+
+        from model_audit_probes.emulator import chi2
+
         result.metric("bins", cov.p)
         result.metric("covariance_rank", cov.rank)
         result.metric("covariance_condition", cov.condition)
@@ -257,6 +273,10 @@ class EmulatorProbe(Probe):
         dataset: str,
         level: float,
     ) -> dict[str, float]:
+        import numpy as np
+
+        from model_audit_probes.emulator import chi2
+
         masked = ~np.isfinite(residuals)
         if masked.all(axis=1).any():
             raise ProbeInputError(

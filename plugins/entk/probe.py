@@ -4,18 +4,23 @@ it was trained, and how faithful is a kernel surrogate of it?
 Datasets, in order: the kernel's reference set (the training set of the surrogates), then optionally an
 in-distribution test set, then optionally an out-of-distribution test set. A seeded subset of at most
 ``max_examples`` examples of each is used: the kernels are n×n.
+
+Declaring the probe imports no NumPy, SciPy or torch (every command that reads audit.toml registers it);
+the methods that compute import them.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any
 
 from audit import Needs, Param, Probe, ProbeResult
 from audit.api.errors import ProbeInputError
-from model_audit_probes.entk import kernels, spectra, surrogates
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from model_audit_probes.entk import kernels
 
 MODES = ("exact", "projected", "subsampled")
 
@@ -101,6 +106,11 @@ class ENTKProbe(Probe):
     # ------------------------------------------------------------------ run
 
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:
+        import numpy as np
+        import torch
+
+        from model_audit_probes.entk import kernels
+
         result = ProbeResult()
         handle = ctx.models[0]
         model = handle.load()
@@ -143,6 +153,9 @@ class ENTKProbe(Probe):
     @staticmethod
     def _sample(ctx, d, m: int) -> tuple[torch.Tensor, np.ndarray | None]:
         """A seeded subset of at most m examples, gathered while streaming the dataset once."""
+        import numpy as np
+        import torch
+
         chosen = np.sort(ctx.rng.choice(d.n, size=min(m, d.n), replace=False))
         xs, ys, start = [], [], 0
         for x, y in d.batches(1024, ctx.device):
@@ -158,6 +171,8 @@ class ENTKProbe(Probe):
 
     @staticmethod
     def _kernel(model, x, output, params, seed) -> torch.Tensor:
+        from model_audit_probes.entk import kernels
+
         budget = params["memory_budget_mb"] << 20
         if params["mode"] == "exact":
             return kernels.empirical_ntk(model, x, output=output, memory_budget=budget)
@@ -173,6 +188,8 @@ class ENTKProbe(Probe):
 
     @staticmethod
     def _kernel_metrics(result: ProbeResult, prefix: str, k: torch.Tensor, y, dataset: str) -> None:
+        from model_audit_probes.entk import spectra
+
         metrics, arrays = spectra.kernel_spectrum(k.cpu().numpy(), y)
         for name, value in metrics.items():
             result.metric(f"{prefix}_{name}", value)
@@ -181,6 +198,10 @@ class ENTKProbe(Probe):
 
     @staticmethod
     def _weight_metrics(result: ProbeResult, model: torch.nn.Module) -> None:
+        import numpy as np
+
+        from model_audit_probes.entk import spectra
+
         spikes, alphas = [], []
         for name, p in model.named_parameters():
             if p.dim() < 2:
@@ -199,6 +220,11 @@ class ENTKProbe(Probe):
             result.metric("weight_alpha_min", float(np.nanmin(alphas)))
 
     def _surrogates(self, result, ctx, params, k_all, logits, sizes, ys) -> None:
+        import numpy as np
+        import torch
+
+        from model_audit_probes.entk import kernels, surrogates
+
         n_classes = logits.shape[1]
         bounds = np.cumsum([0, *sizes])
         train = slice(bounds[0], bounds[1])

@@ -66,6 +66,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq
 
+from model_audit_probes.trimmed_ks.choices import RULES
+
 __all__ = [
     "RULES",
     "TrimmedKS",
@@ -77,7 +79,6 @@ __all__ = [
     "trimmed_ks_distance",
 ]
 
-RULES = ("ks_asymptotic", "dkw_conservative", "authors")
 DEFAULT_LEVEL = {"ks_asymptotic": 0.05, "dkw_conservative": 0.05, "authors": 0.01}
 
 ThresholdSpec = float | str | Callable[[float], float]

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SCORES = ("auto", "margin", "true_logprob", "max_prob")
-ECE_VARIANTS = ("top_label", "positive_class")
+from model_audit_probes.trimmed_ks.choices import ECE_VARIANTS, SCORES
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

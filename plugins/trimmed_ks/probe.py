@@ -21,21 +21,22 @@ Design choices (documented in the README too):
   for a gate such as ``alpha_hat <= 0.1``.
 * **Outputs are cached per (model, dataset)** in the catalog (``Context.model_outputs``), so adding a
   candidate recomputes only the candidate's forward passes.
+
+Declaring the probe imports no NumPy or SciPy (every command that reads audit.toml registers it); the
+methods that compute import them.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from audit import Needs, Param, Probe, ProbeResult
-from model_audit_probes.trimmed_ks import dalpha, metrics
+from model_audit_probes.trimmed_ks.choices import ECE_VARIANTS, RULES, SCORES, SPLITS
 
-SPLITS = ("halves", "same")
-CURVE_ALPHAS = np.linspace(0.0, 0.5, 51)
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class TrimmedKSProbe(Probe):
@@ -48,15 +49,15 @@ class TrimmedKSProbe(Probe):
     )
     params = (
         Param("reference", str, "", "glob over the job's model names that form the reference ensemble"),
-        Param("score", str, "auto", "the scores compared (see the README)", choices=metrics.SCORES),
-        Param("rule", str, "ks_asymptotic", "threshold rule of the KS test", choices=dalpha.RULES),
+        Param("score", str, "auto", "the scores compared (see the README)", choices=SCORES),
+        Param("rule", str, "ks_asymptotic", "threshold rule of the KS test", choices=RULES),
         Param("level", float, 0.0, "the test's level ε (0: the rule's default, 5 % or 1 %)", min=0, max=0.5),
         Param(
             "split", str, "halves", "disjoint halves of the test set, or the same examples", choices=SPLITS
         ),
         Param("leave_one_out", bool, True, "also score each reference model against the others"),
         Param("ece_bins", int, 15, "equal-width bins of the ECE", min=2),
-        Param("ece_variant", str, "top_label", "ECE variant", choices=metrics.ECE_VARIANTS),
+        Param("ece_variant", str, "top_label", "ECE variant", choices=ECE_VARIANTS),
         Param("batch_size", int, 512, "examples per forward pass", min=1),
     )
     needs = Needs(models=(2, None), datasets=(1, 1))
@@ -83,6 +84,10 @@ class TrimmedKSProbe(Probe):
         return [{"probe": "trimmed_ks", "metric": "alpha_hat", "model": "cand_seed", "max": 0.1}]
 
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:
+        import numpy as np
+
+        from model_audit_probes.trimmed_ks import dalpha, metrics
+
         pattern = params["reference"]
         if not pattern:
             raise ValueError("params.reference: name the reference ensemble, e.g. reference = 'seed/*'")
@@ -117,6 +122,7 @@ class TrimmedKSProbe(Probe):
         result.array("reference_models", np.array([m.name for m in reference]))
         level = params["level"] or None
         ref_names = [m.name for m in reference]
+        curve_alphas = np.linspace(0.0, 0.5, 51)  # where each stored d_α curve is evaluated
 
         def measure(name: str, refs: list[str]) -> float:
             x = score[name][cand_idx]
@@ -129,7 +135,7 @@ class TrimmedKSProbe(Probe):
             result.metric(
                 "ks_threshold", dalpha.threshold(params["rule"], len(x), len(pooled), level), model=name
             )
-            result.array(f"{name}:d_alpha", problem.curve(CURVE_ALPHAS))
+            result.array(f"{name}:d_alpha", problem.curve(curve_alphas))
             result.array(f"{name}:scores", x)
             if not math.isfinite(a_hat) or a_hat >= 1.0:
                 result.warn(
@@ -142,7 +148,7 @@ class TrimmedKSProbe(Probe):
             return a_hat
 
         result.array("reference:scores", np.concatenate([score[r][ref_idx] for r in ref_names]))
-        result.array("d_alpha:alphas", CURVE_ALPHAS)
+        result.array("d_alpha:alphas", curve_alphas)
         null = []
         if params["leave_one_out"]:
             for r in ref_names:
@@ -157,6 +163,10 @@ class TrimmedKSProbe(Probe):
 
     @staticmethod
     def _companions(result, name, refs, outputs, targets, params) -> None:
+        import numpy as np
+
+        from model_audit_probes.trimmed_ks import metrics
+
         pred = metrics.predictions(outputs[name])
         churns = [metrics.churn(pred, metrics.predictions(outputs[r])) for r in refs]
         result.metric("churn_mean", float(np.mean(churns)), model=name)
