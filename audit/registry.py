@@ -2,12 +2,16 @@
 
 A plugin that fails to import or to register is skipped with a recorded error (shown by the CLI as a
 warning) instead of taking the whole tool down: one broken third-party probe must not stop `audit gate`.
+
+Loading the plugins imports each entry point's module (a built-in plugin's ``__init__``: nothing heavy);
+the probes are registered, importing their probe modules, only when :func:`installed_probes` is first
+called, so `audit --help` and `audit query` register none.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from importlib.metadata import entry_points
+from functools import cache, lru_cache
+from importlib.metadata import Distribution, entry_points
 from typing import Any
 
 import pluggy
@@ -17,7 +21,7 @@ from audit.api.errors import UsageError
 from audit.api.probe import Probe
 
 _errors: list[str] = []
-_origins: dict[str, str] = {}  # plugin name -> "distribution version"
+_dists: dict[str, Distribution] = {}  # plugin name -> the distribution that installed it
 
 
 @lru_cache(maxsize=1)
@@ -33,13 +37,32 @@ def plugin_manager() -> pluggy.PluginManager:
             _errors.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}")
             continue
         pm.register(plugin, name=ep.name)
-        _origins[ep.name] = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.name
+        if ep.dist is not None:
+            _dists[ep.name] = ep.dist
     return pm
 
 
+def _origin(plugin: str) -> str:
+    """The distribution that installed a plugin, as "name version" (else the plugin's name)."""
+    dist = _dists.get(plugin)
+    return plugin if dist is None else _describe(dist)
+
+
+@cache
+def _describe(dist: Distribution) -> str:
+    # one parse of the distribution's METADATA (it holds the README), shared by every plugin it installs;
+    # read when probes are registered, not when the plugins load (`audit --version` reads none)
+    meta = dist.metadata
+    return f"{meta['Name']} {meta['Version']}"
+
+
 def plugin_errors() -> list[str]:
-    """Plugins that could not be loaded or failed to register their probes, one line each."""
-    _registrations()
+    """Plugins that could not be loaded, or failed to register their probes or executors, one line each.
+
+    Loads the plugins but registers nothing: a registration failure is listed once :func:`installed_probes`
+    (or ``installed_executors``) has run.
+    """
+    plugin_manager()
     return list(_errors)
 
 
@@ -56,7 +79,7 @@ def collect(hook: str, what: str, kind: type, kind_label: str, seen: dict[str, s
         if impl is None:
             continue
         name = pm.get_name(plugin) or repr(plugin)
-        origin = _origins.get(name, name)
+        origin = _origin(name)
         registered: list[Any] = []
         try:
             impl(registered.append)

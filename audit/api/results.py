@@ -10,9 +10,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # the arrays are NumPy's; `audit gate` and `audit query` never load one
+    import numpy as np
 
 
 @dataclass(frozen=True)

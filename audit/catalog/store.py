@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -18,17 +19,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import numpy as np
 
 from audit.api.errors import CatalogBusyError, UsageError
 from audit.api.results import ResultView, StoredMetric
+from audit.catalog import DEFAULT_WAIT_S
 from audit.catalog.migrations import MIGRATIONS
 from audit.specs import params_fingerprint, params_json
 
-DEFAULT_WAIT_S = 60.0  # seconds a command waits for another process writing the catalog
+if TYPE_CHECKING:  # NumPy is imported where arrays are encoded or decoded: `audit query` needs none
+    import numpy as np
+
 _ARRAYS_BATCHED_UP_TO = 4096  # elements; larger arrays are inserted one statement each
 
 
@@ -352,7 +355,7 @@ class Catalog:
 
         for name, array in arrays.items():
             encoded = _encode(array)
-            if int(np.prod(encoded[1], dtype=np.int64)) > _ARRAYS_BATCHED_UP_TO:
+            if math.prod(encoded[1]) > _ARRAYS_BATCHED_UP_TO:
                 flush()
                 con.execute(one, [result_id, name, *encoded])
             else:
@@ -463,9 +466,7 @@ class Catalog:
                 return None
         return None if row is None else _decode(*row)
 
-    def outputs_for(
-        self, pairs: list[tuple[str, str]]
-    ) -> dict[tuple[str, str, str], np.ndarray]:
+    def outputs_for(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str, str], np.ndarray]:
         """Every stored output (all kinds) of these (model fingerprint, dataset fingerprint) pairs: what the
         driver sends a worker with its job, so that a worker never opens the catalog."""
         if not pairs or not self.path.exists():
@@ -585,6 +586,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def _encode(array: np.ndarray) -> list[Any]:
+    import numpy as np
+
     a = np.asarray(array)
     shape = list(a.shape)
     if a.dtype.kind in "US" or a.dtype == object:
@@ -597,6 +600,8 @@ def _encode(array: np.ndarray) -> list[Any]:
 def _decode(
     dtype: str, shape: list[int], numbers: list[float] | None, strings: list[str] | None
 ) -> np.ndarray:
+    import numpy as np
+
     if strings is not None:
         return np.asarray(strings, dtype=object if dtype == "str" else dtype).reshape(shape)
     return np.asarray(numbers, dtype=np.float64).astype(np.dtype(dtype)).reshape(shape)

@@ -2,6 +2,12 @@
 
 Exit codes: 0 success; 1 a gate failed (or a job of `audit run` recorded an error); 2 a usage,
 configuration or input error, reported as one line with no traceback.
+
+Start-up: this module imports Typer, Rich and the light parts of `audit` only. A command imports what it
+needs inside its function (the catalog: DuckDB; the runner: torch), and only the commands that use probes
+register them; registering imports each probe's declaration, which imports no NumPy, SciPy or torch (its
+methods do, when they run). So `audit --help`, `--version`, `query` and `gate` start without torch
+(tests/test_startup.py checks which modules each imports).
 """
 
 from __future__ import annotations
@@ -17,28 +23,25 @@ from collections.abc import Callable
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import rich.markup
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 import audit
-from audit import gates as gates_mod
 from audit.api.commands import one_line, one_line_errors
 from audit.api.errors import UsageError
-from audit.catalog.store import DEFAULT_WAIT_S, Catalog
-from audit.config import Config, load_config
-from audit.registry import installed_probes, plugin_errors, plugin_manager, probe_origins
+from audit.catalog import DEFAULT_WAIT_S
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from audit.api.probe import Probe
+    from audit.catalog.store import Catalog
+    from audit.config import Config
+    from audit.gates import Verdict
 
 app = typer.Typer(
     name="audit",
@@ -69,8 +72,31 @@ WaitOpt = Annotated[
 ]
 
 
+_warned: set[str] = set()
+
+
+def _warn_plugin_errors() -> None:
+    """Warn once about each plugin that failed to load or to register what it provides."""
+    from audit.registry import plugin_errors
+
+    for problem in plugin_errors():
+        if problem not in _warned:
+            _warned.add(problem)
+            err.print(f"[yellow]warning:[/] {one_line(problem)}", highlight=False, soft_wrap=True)
+
+
+def installed_probes() -> dict[str, Probe]:
+    """The installed probes by name: registering them imports each plugin's probe module (the first call)."""
+    from audit.registry import installed_probes as registered
+
+    found = registered()
+    _warn_plugin_errors()
+    return found
+
+
 def _config(path: Path) -> Config:
     """audit.toml, every key validated once: against the installed probes and executors."""
+    from audit.config import load_config
     from audit.run.executors import installed_executors
 
     return load_config(path, installed_probes(), installed_executors())
@@ -84,6 +110,8 @@ def _catalog_path(config: Path, catalog: Path | None) -> Path:
 
 
 def _open_catalog(path: Path, wait: float) -> Catalog:
+    from audit.catalog.store import Catalog
+
     return Catalog(path, wait_s=wait, on_wait=lambda m: err.print(f"[yellow]{m}[/]", highlight=False))
 
 
@@ -98,6 +126,8 @@ def probes(
     ] = OutputFormat.table,
 ) -> None:
     """List the installed probes (built-in and third-party) with version, needs and parameters."""
+    from audit.registry import probe_origins
+
     found = installed_probes()
     origins = probe_origins()
     if format is OutputFormat.json:
@@ -133,6 +163,7 @@ def executors(
     from audit.run.executors import installed_executors
 
     found = installed_executors()
+    _warn_plugin_errors()
     if format is OutputFormat.json:
         out.print_json(json.dumps([e.describe() for e in found.values()], default=str))
         return
@@ -142,7 +173,9 @@ def executors(
     for col in ("executor", "options", "description"):
         table.add_column(col, overflow="fold")
     for name, e in found.items():
-        options = "\n".join(f"{p.name} ({p.type.__name__}) = {p.default!r}: {p.help}" for p in e.options) or "—"
+        options = (
+            "\n".join(f"{p.name} ({p.type.__name__}) = {p.default!r}: {p.help}" for p in e.options) or "—"
+        )
         table.add_row(f"[bold]{name}[/]", rich.markup.escape(options), rich.markup.escape(e.description))
     out.print(table)
 
@@ -227,6 +260,7 @@ def _executor(cfg: Config, name: str | None, workers: int | None, address: str |
     configured = table.pop("name", DEFAULT_EXECUTOR)
     chosen = name or configured
     executors = installed_executors()
+    _warn_plugin_errors()
     if chosen not in executors:
         raise UsageError(f"--executor: unknown executor {chosen!r} (installed: {', '.join(executors)})")
     executor = executors[chosen]
@@ -283,6 +317,15 @@ def run(
     wait: WaitOpt = DEFAULT_WAIT_S,
 ) -> None:
     """Run what audit.toml configures (or the probes named) and record every result in the catalog."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from audit.run.devices import resolve_device
     from audit.run.plan import partition_jobs, plan
     from audit.run.runner import Runner
@@ -360,7 +403,10 @@ def render_rows(columns: list[str], rows: list[tuple[Any, ...]], format: OutputF
     for r in rows:
         # values are data, not markup: a metric named "w[hidden.weight].spikes" must print as it is
         table.add_row(
-            *[("" if v is None else f"{v:.6g}" if isinstance(v, float) else rich.markup.escape(str(v))) for v in r]
+            *[
+                ("" if v is None else f"{v:.6g}" if isinstance(v, float) else rich.markup.escape(str(v)))
+                for v in r
+            ]
         )
     return table
 
@@ -421,7 +467,7 @@ def _short_label(label: str | None, keep: int = 3) -> str:
     return label or "—" if len(names) <= keep else f"{','.join(names[:keep])},… ({len(names)} models)"
 
 
-def print_verdicts(verdicts: list[gates_mod.Verdict], console: Console) -> None:
+def print_verdicts(verdicts: list[Verdict], console: Console) -> None:
     with_context = console.width >= 140 and any(v.context for v in verdicts)  # else it wraps unreadably
     table = Table(title="gates")
     for col in ("verdict", "gate", "model", "dataset", "observed", "detail") + ("context",) * with_context:
@@ -457,6 +503,8 @@ def gate(
     wait: WaitOpt = DEFAULT_WAIT_S,
 ) -> None:
     """Check the gates of audit.toml against the latest results: exit 0 all pass, 1 a gate failed, 2 error."""
+    from audit import gates as gates_mod
+
     cfg = _config(config)
     if not cfg.gates:
         raise UsageError(f"{cfg.path}: no [[gates]] configured")
@@ -478,8 +526,10 @@ def gate(
 # ------------------------------------------------------------------ report and show
 
 
-def _gate_verdicts(config: Path, catalog: Catalog) -> tuple[list[gates_mod.Verdict] | None, str]:
+def _gate_verdicts(config: Path, catalog: Catalog) -> tuple[list[Verdict] | None, str]:
     """Verdicts of the config's gates on the catalog, or None and why there are none."""
+    from audit import gates as gates_mod
+
     if not config.exists():
         return None, f"no gates configured: no {config} (pass --config to evaluate its [[gates]])"
     cfg = _config(config)
@@ -525,7 +575,7 @@ def report(
     wait: WaitOpt = DEFAULT_WAIT_S,
 ) -> None:
     """Write one self-contained HTML report (figures embedded) from the catalog; nothing is recomputed."""
-    from rich.progress import SpinnerColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
     from audit.face.report import build_report, select_results
 
@@ -666,6 +716,7 @@ def demo(
     ] = False,
 ) -> None:
     """Build a small real example project (digits, trained MLPs, an OOD variant) and run every probe on it."""
+    from audit import gates as gates_mod
     from audit.face.demo import build_project
 
     project = build_project(dir, console=err, retrain=force)
@@ -723,10 +774,11 @@ def _main(
 
 
 def main() -> None:
-    try:
+    from audit.registry import plugin_manager
+
+    try:  # loads every plugin (their entry points) but registers no probe: commands that use probes do
         plugin_manager().hook.register_commands(app=app)
-        for problem in plugin_errors():
-            err.print(f"[yellow]warning:[/] {one_line(problem)}", highlight=False, soft_wrap=True)
+        _warn_plugin_errors()
     except UsageError as e:
         err.print(f"[bold red]error:[/] {one_line(str(e))}", highlight=False)
         sys.exit(2)
