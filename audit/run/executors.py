@@ -18,6 +18,10 @@ Built in:
   cores between them. A worker that dies mid-job (killed, segfault, the OOM killer) is replaced and the job
   retried, at most ``max_retries`` times, after which its error is recorded. Workers die with the driver
   (Linux parent-death signal), so a killed ``audit run`` leaves no orphans computing results nobody records.
+
+Declaring and registering an executor imports no torch and no worker: every command that loads audit.toml
+validates its ``[executor]`` table against the installed executors, and `audit gate` runs no job. torch and
+:mod:`audit.run.worker` are imported where jobs run.
 """
 
 from __future__ import annotations
@@ -32,14 +36,16 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing.connection import Connection, wait
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import torch
-
-from audit.api.context import Progress
 from audit.api.probe import Param, validate
 from audit.config import DEFAULT_EXECUTOR as DEFAULT_EXECUTOR  # re-exported: a run that names none
-from audit.run.worker import JobReport, JobSpec, WorkerState, execute
+
+if TYPE_CHECKING:
+    import torch
+
+    from audit.api.context import Progress
+    from audit.run.worker import JobReport, JobSpec, WorkerState
 
 
 class JobEvents(Protocol):
@@ -73,7 +79,9 @@ class Executor:
         """Defaults filled in, every value checked; raises KeyError/ValueError naming the option."""
         return validate(self.options, given, "option", f"executor {self.name!r}")
 
-    def run(self, specs: list[JobSpec], events: JobEvents, options: dict[str, Any], driver: DriverInfo) -> None:
+    def run(
+        self, specs: list[JobSpec], events: JobEvents, options: dict[str, Any], driver: DriverInfo
+    ) -> None:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -92,6 +100,8 @@ class InlineExecutor(Executor):
     description = "every job in the driver's own process, one after the other"
 
     def run(self, specs, events, options, driver) -> None:
+        from audit.run.worker import execute
+
         for spec in specs:
             events.started(spec, "driver")
             report = execute(spec, driver.inline_state, lambda total, d, s=spec: events.bar(s, total, d))
@@ -106,11 +116,15 @@ class LocalExecutor(Executor):
     description = "a pool of worker processes on this machine: one per GPU, or a CPU pool"
     options = (
         Param("workers", int, 0, "worker processes (0: one per visible GPU, else the CPU count)", min=0),
-        Param("threads", int, 0, "torch threads per CPU worker (0: the driver's torch threads / workers)", min=0),
+        Param(
+            "threads", int, 0, "torch threads per CPU worker (0: the driver's torch threads / workers)", min=0
+        ),
         Param("max_retries", int, 2, "times a job is retried after its worker died", min=0),
     )
 
     def run(self, specs, events, options, driver) -> None:
+        import torch
+
         if not specs:
             return
         gpus = torch.cuda.device_count() if driver.device.type == "cuda" else 0
@@ -135,7 +149,10 @@ class _Worker:
         self.name = f"worker {slot}" + (f".{generation}" if generation else "") + f" ({device})"
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=_worker_main, args=(child, self.name, device, threads), name=f"audit-{self.name}", daemon=True
+            target=_worker_main,
+            args=(child, self.name, device, threads),
+            name=f"audit-{self.name}",
+            daemon=True,
         )
         self.process.start()
         child.close()
@@ -201,6 +218,8 @@ class _Pool:
                     w.bars[bar_id].advance(steps)
 
     def _died(self, spec: JobSpec, w: _Worker, pending: deque) -> None:
+        from audit.run.worker import JobReport
+
         code = w.process.exitcode
         how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
         deaths = self.deaths.setdefault(spec.index, [])
@@ -272,6 +291,10 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(conn: Connection, name: str, device: str, threads: int) -> None:
+    import torch
+
+    from audit.run.worker import WorkerState, execute
+
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     torch.set_num_threads(threads)

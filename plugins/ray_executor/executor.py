@@ -13,17 +13,22 @@ factories, weights and data, at the same absolute paths (a shared file system), 
   that the job's error is recorded and the run goes on.
 * ``address = ""`` starts a private local Ray instance for the run (``num_cpus`` CPUs; 0: all of them) and
   stops it at the end; ``"auto"`` or ``"ray://host:10001"`` joins a running cluster and leaves it running.
+
+Registering the executor imports no torch, Ray or worker (every command that loads audit.toml validates its
+``[executor]`` table): they are imported where jobs run.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit.api.errors import UsageError
 from audit.api.probe import Param
 from audit.run.executors import Executor
-from audit.run.worker import JobReport, JobSpec, WorkerState, execute
+
+if TYPE_CHECKING:
+    from audit.run.worker import JobReport, JobSpec, WorkerState
 
 _STATE: WorkerState | None = None  # one per Ray worker process, kept across the tasks it runs
 
@@ -31,6 +36,8 @@ _STATE: WorkerState | None = None  # one per Ray worker process, kept across the
 def run_job(spec: JobSpec) -> JobReport:
     """The Ray task: run one job in this worker process (its datasets and configs stay cached here)."""
     global _STATE
+    from audit.run.worker import WorkerState, execute
+
     if _STATE is None:
         import torch
 
@@ -45,7 +52,9 @@ class RayExecutor(Executor):
     name = "ray"
     description = "Ray tasks on a local Ray instance or a cluster (pip install 'model-audit[ray]')"
     options = (
-        Param("address", str, "", "'' starts a local Ray instance; 'auto' or 'ray://host:port' joins a cluster"),
+        Param(
+            "address", str, "", "'' starts a local Ray instance; 'auto' or 'ray://host:port' joins a cluster"
+        ),
         Param("num_cpus", int, 0, "CPUs of a local instance (0: all)", min=0),
         Param("cpus_per_job", float, 1.0, "CPUs each job's task reserves", min=0),
         Param("max_retries", int, 2, "times Ray reruns a task whose worker died", min=0),
@@ -81,7 +90,9 @@ class RayExecutor(Executor):
             kwargs["address"] = options["address"]
         elif options["num_cpus"]:
             kwargs["num_cpus"] = options["num_cpus"]
-        runtime_env: dict[str, Any] = {"env_vars": {"AUDIT_TORCH_THREADS": str(max(1, int(options["cpus_per_job"])))}}
+        runtime_env: dict[str, Any] = {
+            "env_vars": {"AUDIT_TORCH_THREADS": str(max(1, int(options["cpus_per_job"])))}
+        }
         if options["working_dir"]:
             runtime_env["working_dir"] = specs[0].root
         kwargs["runtime_env"] = runtime_env
@@ -92,6 +103,8 @@ class RayExecutor(Executor):
 
     @staticmethod
     def _run(ray, specs: list[JobSpec], events, options: dict[str, Any]) -> None:
+        from audit.run.worker import JobReport
+
         task = ray.remote(run_job)
         refs = {}
         for spec in specs:
