@@ -48,9 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-HSIC_FILE = REPO / "plugins" / "cka" / "hsic.py"
+from common import load_ours
 
 
 @dataclass(frozen=True)
@@ -79,19 +77,6 @@ DEFAULT_PEERS = ["torch-cka", "cka-pytorch", "ckatorch", "ckatorch-class"]
 
 
 # --------------------------------------------------------------------------------------------- worker side
-
-
-def load_hsic():
-    """Our HSIC module: the installed package if present, else the source file of this checkout."""
-    try:
-        return importlib.import_module("model_audit_probes.cka.hsic")
-    except ImportError:
-        name = "model_audit_bench_hsic"
-        spec = importlib.util.spec_from_file_location(name, HSIC_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-        return module
 
 
 def proc_status_kib(field: str) -> int:
@@ -130,7 +115,7 @@ def build_model(layers: int, width: int, d_in: int, seed: int):
 def run_ours(model, hooked, loader, estimator, gram_dtype=None):
     import torch
 
-    hsic = load_hsic()
+    hsic = load_ours("cka.hsic")
     modules = dict(model.named_modules())
     feats: list = []
     handles = [modules[name].register_forward_hook(lambda _m, _i, out: feats.append(out)) for name in hooked]
@@ -227,7 +212,7 @@ def worker(cfg: dict) -> int:
             fh.write(json.dumps(record) + "\n")
 
     if impl.is_ours:
-        load_hsic()
+        load_ours("cka.hsic")
     else:
         importlib.import_module(
             {"torch-cka": "torch_cka", "cka-pytorch": "cka_pytorch.cka"}.get(impl.package, impl.package)

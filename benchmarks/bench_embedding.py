@@ -79,8 +79,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-STATS_FILE = REPO / "plugins" / "embedding" / "stats.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The shared-machine helpers of the CKA benchmark (stdlib only at import time).
 from bench_cka import (  # noqa: E402
@@ -91,6 +89,7 @@ from bench_cka import (  # noqa: E402
     reset_peak_rss,
     wait_for_idle,
 )
+from common import load_ours  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -199,19 +198,6 @@ def build_data(cfg: dict, folder: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- worker side
-
-
-def load_stats():
-    """Our module: the installed package if present, else the source file of this checkout."""
-    try:
-        return importlib.import_module("model_audit_probes.embedding.stats")
-    except ImportError:
-        name = "model_audit_bench_embedding_stats"
-        spec = importlib.util.spec_from_file_location(name, STATS_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-        return module
 
 
 def pca_ours(stats, x, k, batch, gemm32=False):
@@ -356,7 +342,7 @@ def worker(cfg: dict) -> int:
             fh.write(json.dumps(record) + "\n")
 
     try:
-        stats = load_stats()
+        stats = load_ours("embedding.stats")
         for pkg in (impl.package or "").split():
             importlib.import_module(pkg)
     except Exception as exc:  # a peer that does not import is a result to report

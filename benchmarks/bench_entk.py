@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -41,11 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-KERNELS_FILE = REPO / "plugins" / "entk" / "kernels.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The shared-machine helpers of the CKA benchmark (stdlib only at import time).
-from bench_cka import (  # noqa: E402
+from bench_cka import (
     busy_cpu_seconds,
     children_cpu_seconds,
     proc_status_kib,
@@ -53,6 +49,7 @@ from bench_cka import (  # noqa: E402
     reset_peak_rss,
     wait_for_idle,
 )
+from common import load_ours
 
 
 @dataclass(frozen=True)
@@ -74,19 +71,6 @@ DEFAULT_IMPLS = ["ours", "jac", "vps", "nt", "projected"]
 
 
 # --------------------------------------------------------------------------------------------- worker side
-
-
-def load_kernels():
-    """Our kernels module: the installed package if present, else the source file of this checkout."""
-    try:
-        return importlib.import_module("model_audit_probes.entk.kernels")
-    except ImportError:
-        name = "model_audit_bench_entk_kernels"
-        spec = importlib.util.spec_from_file_location(name, KERNELS_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-        return module
 
 
 def build_model(kind: str, seed: int):
@@ -313,7 +297,7 @@ def worker(cfg: dict) -> int:
         with log.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    kernels = load_kernels()
+    kernels = load_ours("entk.kernels")
     model = build_model(cfg["model"], cfg["seed"])
     x = build_inputs(cfg["model"], cfg["n"], cfg["seed"])
     c = model(x[:1]).shape[1]
