@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.catalog.store import Catalog, StoredResult
+from audit.catalog.store import Catalog
 from audit.face.report import select_results
-from conftest import audit_cli, run_audit
+from conftest import audit_cli, run_audit, stored_result
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -192,19 +192,16 @@ def install_plugin(folder: Path) -> Path:
 
 def store(cat: Catalog, run: str, model: str, params: dict, counts: list[int]) -> None:
     cat.record_result(
-        StoredResult(
-            run_id=run,
+        stored_result(
+            run,
             cache_key=f"ext-{model}",
             probe="ext_histo",
             probe_version="2.0.0",
             params=params,
             models=[(model, "fp-" + model)],
             datasets=[("digits_test", "fp-d")],
-            status="ok",
-            error=None,
             warnings=["a stored warning"],
             duration_s=0.01,
-            device="cpu",
             metrics=[("total", float(sum(counts)), None, None)],
             arrays={"counts": np.array(counts)},
         )
@@ -253,21 +250,14 @@ def test_the_latest_result_of_each_job_and_a_newer_failure_are_selected(tmp_path
 
     def put(model: str, status: str, key: str) -> None:
         cat.record_result(
-            StoredResult(
+            stored_result(
                 run,
-                key,
-                "p",
-                "1",
-                {},
-                [(model, model)],
-                [("d", "d")],
-                status,
-                None if status == "ok" else "boom",
-                [],
-                0.0,
-                "cpu",
-                [("x", 1.0, None, None)] if status == "ok" else [],
-                {},
+                cache_key=key,
+                models=[(model, model)],
+                datasets=[("d", "d")],
+                status=status,
+                error=None if status == "ok" else "boom",
+                metrics=[("x", 1.0, None, None)] if status == "ok" else [],
             ),
             force=True,
         )
