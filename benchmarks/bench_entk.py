@@ -25,7 +25,6 @@ Run: /work/benchvenv/bin/python benchmarks/bench_entk.py  (see benchmarks/README
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
@@ -48,8 +47,9 @@ from bench_cka import (
     read_worker_log,
     reset_peak_rss,
     wait_for_idle,
+    worker_log,
 )
-from common import load_ours
+from common import load_ours, versions
 
 
 @dataclass(frozen=True)
@@ -291,11 +291,7 @@ def worker(cfg: dict) -> int:
 
     torch.set_num_threads(cfg["threads"])
     out = Path(cfg["out"])
-    log = out.with_suffix(".jsonl")
-
-    def emit(record: dict) -> None:
-        with log.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+    emit = worker_log(out)
 
     kernels = load_ours("entk.kernels")
     model = build_model(cfg["model"], cfg["seed"])
@@ -574,16 +570,6 @@ def report(results: list[Result], args) -> None:
                 )
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for pkg in ["torch", "numpy", "jax", "jaxlib", "neural-tangents", "model-audit"]:
-        with contextlib.suppress(PackageNotFoundError):
-            found[pkg] = version(pkg)
-    return found
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
@@ -643,7 +629,8 @@ def main(argv=None) -> int:
         f"# trace-eNTK benchmark: models {', '.join(args.models)}, n in {args.n}, {args.threads} threads, "
         f"memory budget {args.budget_mib:.0f} MiB per chunk, timeout {args.timeout:.0f} s"
     )
-    print("# versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    found = versions("torch", "numpy", "jax", "jaxlib", "neural-tangents", "model-audit")
+    print("# versions: " + ", ".join(f"{k} {v}" for k, v in found.items()))
     print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     load_before = os.getloadavg()
     t_start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: loading our module under test, and best-of-N timing.
+"""Helpers shared by the benchmark scripts: loading our module under test, best-of-N timing, and the
+versions of the packages compared.
 
 Standard library only, so that a script may import it before it pins threads or imports NumPy. A script
 run as ``python benchmarks/bench_x.py`` finds this module next to it (its folder is on ``sys.path``).
@@ -6,12 +7,14 @@ run as ``python benchmarks/bench_x.py`` finds this module next to it (its folder
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
 import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 
@@ -45,3 +48,12 @@ def best_time(fn: Callable[[], object], repeats: int, min_total: float = 0.2) ->
         dt = time.perf_counter() - t0
         best, count, total = min(best, dt), count + 1, total + dt
     return best, count, out
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """The installed version of each of `packages` that is installed (a report's provenance line)."""
+    found = {}
+    for pkg in packages:
+        with contextlib.suppress(PackageNotFoundError):
+            found[pkg] = version(pkg)
+    return found
