@@ -22,6 +22,7 @@ import pytest
 from audit.catalog.store import Catalog
 from audit.face.report import select_results
 from conftest import audit_cli, run_audit, stored_result
+from external_plugin import install_plugin
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -180,16 +181,6 @@ def render_figures(result):
 '''
 
 
-def install_plugin(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "audit_ext_histo.py").write_text(PLUGIN)
-    info = folder / "audit_ext_histo-2.0.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: audit-ext-histo\nVersion: 2.0.0\n")
-    (info / "entry_points.txt").write_text("[model_audit]\next_histo = audit_ext_histo\n")
-    return folder
-
-
 def store(cat: Catalog, run: str, model: str, params: dict, counts: list[int]) -> None:
     cat.record_result(
         stored_result(
@@ -219,7 +210,7 @@ def test_a_third_party_plugin_draws_its_figures_and_a_raising_renderer_only_lose
     store(cat, run, "mlp_a", {}, [1, 2, 5, 3])
     store(cat, run, "mlp_b", {"explode": True}, [4, 1])
     cat.finish_run(run, "ok", 2, 0, 0)
-    site = install_plugin(tmp_path / "site")
+    site = install_plugin(tmp_path / "site", "audit_ext_histo", PLUGIN, "2.0.0", "ext_histo")
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "r.html"
     r = run_audit("report", "--catalog", str(cat_path), "--out", str(out), env=env, cwd=tmp_path)
