@@ -40,11 +40,11 @@ import math  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
+from common import best_time  # noqa: E402
 
 from audit.catalog.exchange import export_catalog, import_catalog  # noqa: E402
 from audit.catalog.store import Catalog, StoredResult, _encode, migrate  # noqa: E402
@@ -64,17 +64,6 @@ class ExecutemanyCatalog(Catalog):
     def _insert_arrays(con, result_id, arrays) -> None:
         for name, array in arrays.items():
             con.execute("insert into arrays values (?, ?, ?, ?, ?, ?)", [result_id, name, *_encode(array)])
-
-
-def best_time(fn: Callable[[], object], repeats: int, min_total: float = 0.2) -> tuple[float, int, object]:
-    """Best wall time of `fn` over at least `repeats` calls, more while the calls took < `min_total` s."""
-    best, count, total, out = math.inf, 0, 0.0, None
-    while count < repeats or (total < min_total and count < 1000):
-        t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
-        best, count, total = min(best, dt), count + 1, total + dt
-    return best, count, out
 
 
 def fresh(directory: Path, name: str) -> Path:

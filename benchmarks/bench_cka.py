@@ -31,7 +31,6 @@ Run: .benchvenv/bin/python benchmarks/bench_cka.py  (see benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import importlib
@@ -44,13 +43,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-HSIC_FILE = REPO / "plugins" / "cka" / "hsic.py"
+from common import load_ours, versions
 
 
 @dataclass(frozen=True)
@@ -79,19 +77,6 @@ DEFAULT_PEERS = ["torch-cka", "cka-pytorch", "ckatorch", "ckatorch-class"]
 
 
 # --------------------------------------------------------------------------------------------- worker side
-
-
-def load_hsic():
-    """Our HSIC module: the installed package if present, else the source file of this checkout."""
-    try:
-        return importlib.import_module("model_audit_probes.cka.hsic")
-    except ImportError:
-        name = "model_audit_bench_hsic"
-        spec = importlib.util.spec_from_file_location(name, HSIC_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-        return module
 
 
 def proc_status_kib(field: str) -> int:
@@ -130,7 +115,7 @@ def build_model(layers: int, width: int, d_in: int, seed: int):
 def run_ours(model, hooked, loader, estimator, gram_dtype=None):
     import torch
 
-    hsic = load_hsic()
+    hsic = load_ours("cka.hsic")
     modules = dict(model.named_modules())
     feats: list = []
     handles = [modules[name].register_forward_hook(lambda _m, _i, out: feats.append(out)) for name in hooked]
@@ -220,14 +205,10 @@ def worker(cfg: dict) -> int:
 
     impl = IMPLS[cfg["impl"]]
     out = Path(cfg["out"])
-    log = out.with_suffix(".jsonl")
-
-    def emit(record: dict) -> None:
-        with log.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+    emit = worker_log(out)
 
     if impl.is_ours:
-        load_hsic()
+        load_ours("cka.hsic")
     else:
         importlib.import_module(
             {"torch-cka": "torch_cka", "cka-pytorch": "cka_pytorch.cka"}.get(impl.package, impl.package)
@@ -322,6 +303,18 @@ def wait_for_idle(limit_s: float, busy_cores: float = 0.1) -> None:
             return
 
 
+def worker_log(out: Path) -> Callable[[dict], None]:
+    """The writer of a worker's JSON-lines log (``out``.jsonl): one record a line, each appended and closed at
+    once, so that a worker that dies or is killed leaves what it wrote. Read back by :func:`read_worker_log`."""
+    log = out.with_suffix(".jsonl")
+
+    def emit(record: dict) -> None:
+        with log.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    return emit
+
+
 def read_worker_log(out: Path, res) -> list[dict]:
     """Fold a worker's JSON-lines log (``out``.jsonl) into `res`: the first error, the best time of its runs,
     the largest peak and the repeat count (non-zero when a run finished and its outputs exist). Returns the
@@ -411,16 +404,6 @@ def max_abs_diff(a: np.ndarray | None, b: np.ndarray | None) -> str:
     nans = int(np.isnan(d).sum())
     body = f"{np.nanmax(d):.2e}" if nans < d.size else "nan"
     return f"{body} ({nans} NaN)" if nans else body
-
-
-def versions(packages: list[str]) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for pkg in ["torch", "numpy", *packages]:
-        with contextlib.suppress(PackageNotFoundError):
-            found[pkg] = version(pkg)
-    return found
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
@@ -517,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = [IMPLS[k] for k in args.peers]
     estimators = sorted({p.estimator for p in peers} or {"unbiased"}, reverse=True)
     ours = [IMPLS[f"ours-{est}"] for est in estimators]
-    vers = versions(sorted({p.package for p in peers}))
+    vers = versions("torch", "numpy", *sorted({p.package for p in peers}))
     print(
         f"# CKA matrix benchmark: {args.layers} hooked layers (ReLU outputs of a seeded {args.layers}-layer"
         f" MLP, d_in={args.d_in}, width={args.width}), batch size {args.batch_size}, {args.threads} threads"

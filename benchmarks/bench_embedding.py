@@ -65,7 +65,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = _threads_from_argv(sys.argv[1:])
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import gc  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
@@ -79,8 +78,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-STATS_FILE = REPO / "plugins" / "embedding" / "stats.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The shared-machine helpers of the CKA benchmark (stdlib only at import time).
 from bench_cka import (  # noqa: E402
@@ -90,7 +87,9 @@ from bench_cka import (  # noqa: E402
     read_worker_log,
     reset_peak_rss,
     wait_for_idle,
+    worker_log,
 )
+from common import load_ours, versions  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -199,19 +198,6 @@ def build_data(cfg: dict, folder: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- worker side
-
-
-def load_stats():
-    """Our module: the installed package if present, else the source file of this checkout."""
-    try:
-        return importlib.import_module("model_audit_probes.embedding.stats")
-    except ImportError:
-        name = "model_audit_bench_embedding_stats"
-        spec = importlib.util.spec_from_file_location(name, STATS_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-        return module
 
 
 def pca_ours(stats, x, k, batch, gemm32=False):
@@ -349,14 +335,10 @@ def worker(cfg: dict) -> int:
     torch.set_num_threads(cfg["threads"])
     impl = IMPLS[cfg["impl"]]
     out = Path(cfg["out"])
-    log = out.with_suffix(".jsonl")
-
-    def emit(record: dict) -> None:
-        with log.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+    emit = worker_log(out)
 
     try:
-        stats = load_stats()
+        stats = load_ours("embedding.stats")
         for pkg in (impl.package or "").split():
             importlib.import_module(pkg)
     except Exception as exc:  # a peer that does not import is a result to report
@@ -633,16 +615,6 @@ def report_e2e(rows: list[Result], results: dict[str, Result], args) -> None:
         )
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for pkg in ("torch", "numpy", "scipy", "scikit-learn", "alibi-detect", "numba", "transformers"):
-        with contextlib.suppress(PackageNotFoundError):
-            found[pkg] = version(pkg)
-    return found
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100_000, help="training rows (PCA and LDA)")
@@ -703,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(json.loads(args.worker))
 
-    vers = versions()
+    vers = versions("torch", "numpy", "scipy", "scikit-learn", "alibi-detect", "numba", "transformers")
     print(
         f"# embedding statistics benchmark: {args.n} × {args.d} float32 embeddings ({args.sources} sources), "
         f"PCA k={args.k}, LDA, MMD {args.mmd_n} vs {args.mmd_n}; {args.threads} threads"

@@ -24,28 +24,11 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
-import importlib.util  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_chi2():
-    """Our module: the installed package if present, else the source file of this checkout."""
-    try:
-        return importlib.import_module("model_audit_probes.emulator.chi2")
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("bench_chi2", REPO / "plugins" / "emulator" / "chi2.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bench_chi2"] = module
-        spec.loader.exec_module(module)
-        return module
+from common import load_ours  # noqa: E402
 
 
 def best(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -104,7 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--loop-n", type=int, default=20_000, help="samples timed in the per-sample loop")
     args = ap.parse_args()
-    chi2 = load_chi2()
+    chi2 = load_ours("emulator.chi2")
     print(f"numpy {np.__version__}; load average before: {os.getloadavg()[0]:.2f}")
     run_size(chi2, 1_000_000, 14, args.repeats, args.loop_n)
     run_size(chi2, 100_000, 500, args.repeats, min(args.loop_n, 2_000))

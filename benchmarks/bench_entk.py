@@ -25,10 +25,7 @@ Run: /work/benchvenv/bin/python benchmarks/bench_entk.py  (see benchmarks/README
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -41,18 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-KERNELS_FILE = REPO / "plugins" / "entk" / "kernels.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The shared-machine helpers of the CKA benchmark (stdlib only at import time).
-from bench_cka import (  # noqa: E402
+from bench_cka import (
     busy_cpu_seconds,
     children_cpu_seconds,
     proc_status_kib,
     read_worker_log,
     reset_peak_rss,
     wait_for_idle,
+    worker_log,
 )
+from common import load_ours, versions
 
 
 @dataclass(frozen=True)
@@ -74,19 +71,6 @@ DEFAULT_IMPLS = ["ours", "jac", "vps", "nt", "projected"]
 
 
 # --------------------------------------------------------------------------------------------- worker side
-
-
-def load_kernels():
-    """Our kernels module: the installed package if present, else the source file of this checkout."""
-    try:
-        return importlib.import_module("model_audit_probes.entk.kernels")
-    except ImportError:
-        name = "model_audit_bench_entk_kernels"
-        spec = importlib.util.spec_from_file_location(name, KERNELS_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-        return module
 
 
 def build_model(kind: str, seed: int):
@@ -307,13 +291,9 @@ def worker(cfg: dict) -> int:
 
     torch.set_num_threads(cfg["threads"])
     out = Path(cfg["out"])
-    log = out.with_suffix(".jsonl")
+    emit = worker_log(out)
 
-    def emit(record: dict) -> None:
-        with log.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    kernels = load_kernels()
+    kernels = load_ours("entk.kernels")
     model = build_model(cfg["model"], cfg["seed"])
     x = build_inputs(cfg["model"], cfg["n"], cfg["seed"])
     c = model(x[:1]).shape[1]
@@ -590,16 +570,6 @@ def report(results: list[Result], args) -> None:
                 )
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for pkg in ["torch", "numpy", "jax", "jaxlib", "neural-tangents", "model-audit"]:
-        with contextlib.suppress(PackageNotFoundError):
-            found[pkg] = version(pkg)
-    return found
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
@@ -659,7 +629,8 @@ def main(argv=None) -> int:
         f"# trace-eNTK benchmark: models {', '.join(args.models)}, n in {args.n}, {args.threads} threads, "
         f"memory budget {args.budget_mib:.0f} MiB per chunk, timeout {args.timeout:.0f} s"
     )
-    print("# versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    found = versions("torch", "numpy", "jax", "jaxlib", "neural-tangents", "model-audit")
+    print("# versions: " + ", ".join(f"{k} {v}" for k, v in found.items()))
     print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     load_before = os.getloadavg()
     t_start = time.perf_counter()

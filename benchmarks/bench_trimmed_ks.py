@@ -34,46 +34,16 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
-import importlib.util  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
+from common import best_time, load_ours  # noqa: E402
 from scipy import sparse, stats  # noqa: E402
 from scipy.optimize import linprog  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DALPHA_FILE = REPO / "plugins" / "trimmed_ks" / "dalpha.py"
 GRID = (0.0, 0.010, 0.025, 0.050, 0.075, 0.10, 0.150, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45)  # the authors' grid
-
-
-def load_dalpha():
-    """Our module: the installed package if present, else the source file of this checkout."""
-    try:
-        return importlib.import_module("model_audit_probes.trimmed_ks.dalpha")
-    except ImportError:
-        name = "model_audit_bench_dalpha"
-        spec = importlib.util.spec_from_file_location(name, DALPHA_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-        return module
-
-
-def best_time(fn: Callable[[], object], repeats: int, min_total: float = 0.2) -> tuple[float, int, object]:
-    """Best wall time of `fn` over at least `repeats` calls, more while the calls took < `min_total` s."""
-    best, count, total, out = math.inf, 0, 0.0, None
-    while count < repeats or (total < min_total and count < 1000):
-        t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
-        best, count, total = min(best, dt), count + 1, total + dt
-    return best, count, out
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -325,7 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    dal = load_dalpha()
+    dal = load_ours("trimmed_ks.dalpha")
     print("# trimmed KS benchmark: exact d_α and α̂ (model-audit) against HiGHS and a naive grid")
     print(
         f"# python {sys.version.split()[0]}, numpy {np.__version__}, scipy {scipy.__version__}; "

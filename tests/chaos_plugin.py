@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from external_plugin import install_plugin
+
 PROBE_SOURCE = '''
 """A probe that misbehaves on request (model-audit's executor tests)."""
 import os
@@ -72,14 +74,7 @@ def register_probes(register):
 
 def install_chaos_plugin(folder: Path) -> Path:
     """Write the plugin module and its .dist-info into `folder`; return the folder (for PYTHONPATH)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "audit_chaos.py").write_text(PROBE_SOURCE)
-    info = folder / "audit_chaos-0.1.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: audit-chaos\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[model_audit]\nchaos = audit_chaos\n")
-    (info / "top_level.txt").write_text("audit_chaos\n")
-    return folder
+    return install_plugin(folder, "audit_chaos", PROBE_SOURCE, "0.1.0", "chaos")
 
 
 def chaos_project(

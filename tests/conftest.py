@@ -165,6 +165,33 @@ def copy_project(source: Path, dest: Path, catalog: bool = False) -> Path:
     return dest
 
 
+# ------------------------------------------------------------------------------ catalog rows by hand
+
+
+def stored_result(run_id: str, **fields):
+    """An `audit.catalog.store.StoredResult` for tests that write the catalog directly: probe "p" version
+    "1", one model ("m", fingerprint "fpm") and one dataset ("d", "fpd"), status ok, no parameters,
+    warnings, metrics or arrays — each overridden by the field of the same name."""
+    from audit.catalog.store import StoredResult
+
+    defaults = {
+        "cache_key": "k",
+        "probe": "p",
+        "probe_version": "1",
+        "params": {},
+        "models": [("m", "fpm")],
+        "datasets": [("d", "fpd")],
+        "status": "ok",
+        "error": None,
+        "warnings": [],
+        "duration_s": 0.1,
+        "device": "cpu",
+        "metrics": [],
+        "arrays": {},
+    }
+    return StoredResult(run_id=run_id, **{**defaults, **fields})
+
+
 # ------------------------------------------------------------------------------- the demo project
 
 

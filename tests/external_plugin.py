@@ -60,13 +60,21 @@ def register_commands(app):
 '''
 
 
+def install_plugin(folder: Path, module: str, source: str, version: str, entry: str) -> Path:
+    """Install a one-module plugin into `folder` the way pip would: ``<module>.py`` holding `source`, and a
+    ``.dist-info`` (distribution ``module`` with dashes, `version`) whose ``model_audit`` entry point `entry`
+    names the module. Returns the folder (for PYTHONPATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(source)
+    info = folder / f"{module}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    dist = module.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[model_audit]\n{entry} = {module}\n")
+    (info / "top_level.txt").write_text(f"{module}\n")
+    return folder
+
+
 def install_external_plugin(folder: Path) -> Path:
     """Write the plugin module and its .dist-info into `folder`; return the folder (for PYTHONPATH)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "audit_output_mean.py").write_text(PROBE_SOURCE)
-    info = folder / "audit_output_mean-0.3.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: audit-output-mean\nVersion: 0.3.0\n")
-    (info / "entry_points.txt").write_text("[model_audit]\noutput_mean = audit_output_mean\n")
-    (info / "top_level.txt").write_text("audit_output_mean\n")
-    return folder
+    return install_plugin(folder, "audit_output_mean", PROBE_SOURCE, "0.3.0", "output_mean")

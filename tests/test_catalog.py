@@ -13,22 +13,17 @@ import pytest
 from audit.api.errors import CatalogBusyError, UsageError
 from audit.catalog.migrations import MIGRATIONS
 from audit.catalog.store import Catalog, StoredResult, migrate
+from conftest import stored_result
 
 
 def stored(run_id: str, key: str = "k1", status: str = "ok", **arrays) -> StoredResult:
-    return StoredResult(
-        run_id=run_id,
+    return stored_result(
+        run_id,
         cache_key=key,
-        probe="p",
-        probe_version="1",
         params={"a": 1},
-        models=[("m", "fpm")],
-        datasets=[("d", "fpd")],
         status=status,
         error=None if status == "ok" else "boom",
         warnings=["w"],
-        duration_s=0.1,
-        device="cpu",
         metrics=[("x", 1.5, None, None), ("y", float("nan"), None, "d_ood")],
         arrays=arrays,
     )

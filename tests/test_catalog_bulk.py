@@ -6,26 +6,12 @@ import math
 
 import numpy as np
 
-from audit.catalog.store import _ARRAYS_BATCHED_UP_TO, Catalog, StoredResult
+from audit.catalog.store import _ARRAYS_BATCHED_UP_TO, Catalog
+from conftest import stored_result
 
 
-def stored(run_id: str, metrics, arrays) -> StoredResult:
-    return StoredResult(
-        run_id=run_id,
-        cache_key="k",
-        probe="p",
-        probe_version="1",
-        params={},
-        models=[("m", "fpm")],
-        datasets=[("d", "fpd")],
-        status="ok",
-        error=None,
-        warnings=[],
-        duration_s=0.1,
-        device="cpu",
-        metrics=metrics,
-        arrays=arrays,
-    )
+def stored(run_id: str, metrics, arrays):
+    return stored_result(run_id, metrics=metrics, arrays=arrays)
 
 
 def test_many_metrics_keep_their_order_values_and_labels(tmp_path):

@@ -44,3 +44,23 @@ def test_a_second_demo_keeps_the_weights_and_reuses_every_result(demo_catalog, t
     assert again.returncode == 0 and "0 computed, 7 reused" in again.stderr, again.stderr
     assert "trained" not in again.stderr  # existing weights are kept, so results are reused
     assert audit_cli("gate", cwd=project).returncode == 0
+
+
+def test_the_demo_configures_the_installed_built_in_probes_and_no_other():
+    """The demo's entries, tables and gates live in the demo, by built-in probe name: a built-in probe that is
+    not installed is left out, and so is a third-party probe (even one that takes a built-in's name)."""
+    from audit import Probe
+    from audit.face.demo import BUILT_IN, demo_parts
+    from audit.registry import installed_probes
+
+    class Stranger(Probe):
+        name, version, description = "cka", "0", "a third-party probe under a built-in's name"
+
+    installed = {n: p for n, p in installed_probes().items() if n in BUILT_IN}
+    assert set(installed) == set(BUILT_IN)
+    said: list[str] = []
+    parts = demo_parts({**{n: p for n, p in installed.items() if n != "emulator"}, "cka": Stranger()}, said.append)
+    assert {e["probe"] for part in parts for e in part.entries} == {"embedding", "entk", "trimmed_ks"}
+    assert not any("smf_emulator" in part.tables.get("models", {}) for part in parts)
+    assert len(said) == 1 and "'cka'" in said[0]
+    assert not [a for a in dir(Probe) if a.startswith("demo")]  # not part of the probe contract

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from conftest import MINI_SIZES, audit_cli, run_audit
-from external_plugin import install_external_plugin
+from external_plugin import install_external_plugin, install_plugin
 
 
 @pytest.mark.slow  # a plugin found on PYTHONPATH by a fresh process: `audit probes`, `run`, `query`, its command
@@ -89,12 +89,8 @@ def test_the_core_never_imports_a_probe():
 
 @pytest.mark.slow  # a fresh process that finds a broken plugin on PYTHONPATH
 def test_a_broken_plugin_is_a_warning_not_a_crash(tmp_path):
-    site = tmp_path / "site"
-    info = site / "broken_probe-1.0.dist-info"
-    info.mkdir(parents=True)
-    (site / "broken_probe.py").write_text("raise ImportError('missing dependency foo')\n")
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-probe\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[model_audit]\nbroken = broken_probe\n")
+    source = "raise ImportError('missing dependency foo')\n"
+    site = install_plugin(tmp_path / "site", "broken_probe", source, "1.0", "broken")
     r = run_audit("probes", "--format", "json", env={"PYTHONPATH": str(site)})
     assert r.returncode == 0
     assert "cka" in {p["name"] for p in json.loads(r.stdout)}

@@ -8,27 +8,20 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from audit import gates
-from audit.catalog.store import Catalog, StoredResult
+from audit.catalog.store import Catalog
 from audit.config import GateSpec
+from conftest import stored_result
 
 
 def put(cat: Catalog, run: str, model: str, dataset: str, value: float, key: str) -> None:
     cat.record_result(
-        StoredResult(
-            run_id=run,
+        stored_result(
+            run,
             cache_key=key,
             probe="cka",
-            probe_version="1",
-            params={},
             models=[(model, model)],
             datasets=[(dataset, dataset)],
-            status="ok",
-            error=None,
-            warnings=[],
-            duration_s=0,
-            device="cpu",
             metrics=[("acc", value, None, None)],
-            arrays={},
         )
     )
 
@@ -96,21 +89,13 @@ def record(
     cat: Catalog, run: str, probe: str, models: list[str], dataset: str | None, metrics: dict, key: str
 ):
     cat.record_result(
-        StoredResult(
-            run_id=run,
+        stored_result(
+            run,
             cache_key=key,
             probe=probe,
-            probe_version="1",
-            params={},
             models=[(m, m) for m in models],
             datasets=[(dataset, dataset)] if dataset else [],
-            status="ok",
-            error=None,
-            warnings=[],
-            duration_s=0,
-            device="cpu",
             metrics=[(name, value, None, None) for name, value in metrics.items()],
-            arrays={},
         )
     )
 

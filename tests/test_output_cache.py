@@ -17,7 +17,7 @@ import audit.catalog.store
 from audit.api.context import OUTPUTS_KIND, Context, DatasetHandle, ModelHandle
 from audit.api.probe import Needs, Param, Probe, ProbeResult
 from audit.catalog.migrations import MIGRATIONS
-from audit.catalog.store import Catalog, CatalogOutputCache, StoredResult
+from audit.catalog.store import Catalog, CatalogOutputCache
 from audit.config import load_config
 from audit.registry import installed_probes
 from audit.run import sources
@@ -25,6 +25,7 @@ from audit.run.executors import Executor
 from audit.run.plan import plan
 from audit.run.runner import Runner
 from audit.run.worker import WorkerState, execute
+from conftest import stored_result
 
 CPU = torch.device("cpu")
 VERSION = next(i for i, (name, _) in enumerate(MIGRATIONS, start=1) if name == "model outputs cache")
@@ -139,22 +140,7 @@ def test_migration_applies_on_a_catalog_of_the_previous_schema(tmp_path, monkeyp
     old = Catalog(path)
     run = old.start_run({"tool_version": "old"})
     rid, _ = old.record_result(
-        StoredResult(
-            run_id=run,
-            cache_key="k",
-            probe="p",
-            probe_version="1",
-            params={},
-            models=[("m", "fpm")],
-            datasets=[("d", "fpd")],
-            status="ok",
-            error=None,
-            warnings=[],
-            duration_s=0.1,
-            device="cpu",
-            metrics=[("x", 2.5, None, None)],
-            arrays={"a": np.arange(3.0)},
-        )
+        stored_result(run, metrics=[("x", 2.5, None, None)], arrays={"a": np.arange(3.0)})
     )
     assert old.query("select max(version) from schema_migrations")[1] == [(VERSION - 1,)]
     assert old.cached_outputs("m", "d", OUTPUTS_KIND) is None  # the table is not there yet: a miss

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.catalog.store import Catalog, StoredResult
+from audit.catalog.store import Catalog
 from audit.face.report import select_results
-from conftest import audit_cli, run_audit
+from conftest import audit_cli, run_audit, stored_result
+from external_plugin import install_plugin
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -180,31 +181,18 @@ def render_figures(result):
 '''
 
 
-def install_plugin(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "audit_ext_histo.py").write_text(PLUGIN)
-    info = folder / "audit_ext_histo-2.0.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: audit-ext-histo\nVersion: 2.0.0\n")
-    (info / "entry_points.txt").write_text("[model_audit]\next_histo = audit_ext_histo\n")
-    return folder
-
-
 def store(cat: Catalog, run: str, model: str, params: dict, counts: list[int]) -> None:
     cat.record_result(
-        StoredResult(
-            run_id=run,
+        stored_result(
+            run,
             cache_key=f"ext-{model}",
             probe="ext_histo",
             probe_version="2.0.0",
             params=params,
             models=[(model, "fp-" + model)],
             datasets=[("digits_test", "fp-d")],
-            status="ok",
-            error=None,
             warnings=["a stored warning"],
             duration_s=0.01,
-            device="cpu",
             metrics=[("total", float(sum(counts)), None, None)],
             arrays={"counts": np.array(counts)},
         )
@@ -222,7 +210,7 @@ def test_a_third_party_plugin_draws_its_figures_and_a_raising_renderer_only_lose
     store(cat, run, "mlp_a", {}, [1, 2, 5, 3])
     store(cat, run, "mlp_b", {"explode": True}, [4, 1])
     cat.finish_run(run, "ok", 2, 0, 0)
-    site = install_plugin(tmp_path / "site")
+    site = install_plugin(tmp_path / "site", "audit_ext_histo", PLUGIN, "2.0.0", "ext_histo")
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "r.html"
     r = run_audit("report", "--catalog", str(cat_path), "--out", str(out), env=env, cwd=tmp_path)
@@ -253,21 +241,14 @@ def test_the_latest_result_of_each_job_and_a_newer_failure_are_selected(tmp_path
 
     def put(model: str, status: str, key: str) -> None:
         cat.record_result(
-            StoredResult(
+            stored_result(
                 run,
-                key,
-                "p",
-                "1",
-                {},
-                [(model, model)],
-                [("d", "d")],
-                status,
-                None if status == "ok" else "boom",
-                [],
-                0.0,
-                "cpu",
-                [("x", 1.0, None, None)] if status == "ok" else [],
-                {},
+                cache_key=key,
+                models=[(model, model)],
+                datasets=[("d", "d")],
+                status=status,
+                error=None if status == "ok" else "boom",
+                metrics=[("x", 1.0, None, None)] if status == "ok" else [],
             ),
             force=True,
         )

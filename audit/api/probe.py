@@ -154,20 +154,6 @@ class Probe:
         """Return a message if this combination of models and datasets is not meaningful for the probe."""
         return None
 
-    def demo_entries(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        """Probe entries for the `audit demo` project (models: names; datasets: role → name). Optional."""
-        return []
-
-    def demo_tables(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Extra ``[models.X]``/``[datasets.Y]`` tables the demo entries need, built by factories (nothing
-        to train or write): ``{"models": {name: table}, "datasets": {name: table}}``. Their names are passed
-        to :meth:`demo_entries` (datasets under their own name as role). Optional."""
-        return {}
-
-    def demo_gates(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        """Gates for the `audit demo` project. Optional."""
-        return []
-
     def run(self, ctx: Context, params: dict[str, Any]) -> ProbeResult:
         raise NotImplementedError
 

@@ -34,6 +34,7 @@ import audit
 from audit.api.commands import one_line, one_line_errors
 from audit.api.errors import UsageError
 from audit.catalog import DEFAULT_WAIT_S
+from audit.face.tables import pivot, short_label
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -436,35 +437,28 @@ def query(
 
 
 def _pivot(probe: str, rows: list[tuple[Any, ...]], order: tuple[str, ...]) -> Table:
-    """(model, dataset, metric, value) rows as a grid: one axis per (model, dataset), one per metric —
-    metrics as columns when there are fewer metrics than (model, dataset) pairs, else as rows."""
-    metrics = [m for m in order if any(r[2] == m for r in rows)] or sorted({r[2] for r in rows})
-    cells: dict[tuple[str, str], dict[str, float]] = {}
-    for model, dataset, metric, value in rows:
-        cells.setdefault((_short_label(model), dataset or "—"), {})[metric] = value
+    """(model, dataset, metric, value) rows as a grid (:func:`audit.face.tables.pivot`): one axis per
+    (model, dataset), one per metric — metrics as columns when there are fewer metrics than (model, dataset)
+    pairs, else as rows."""
+    grid = pivot(rows, order)
 
     def cell(key: tuple[str, str], metric: str) -> str:
-        return f"{cells[key][metric]:.4g}" if metric in cells[key] else ""
+        value = grid.value(key, metric)
+        return "" if value is None else f"{value:.4g}"
 
     table = Table(title=f"{probe}: key metrics")
-    if len(metrics) <= len(cells):
-        for col in ("model", "dataset", *metrics):
+    if grid.metrics_as_columns:
+        for col in ("model", "dataset", *grid.metrics):
             table.add_column(col, overflow="fold", justify="left" if col in ("model", "dataset") else "right")
-        for key in cells:
-            table.add_row(*key, *(cell(key, m) for m in metrics))
+        for key in grid.cells:
+            table.add_row(short_label(key[0]), key[1], *(cell(key, m) for m in grid.metrics))
     else:
         table.add_column("metric", overflow="fold")
-        for model, dataset in cells:
-            table.add_column(f"{model}\n{dataset}", overflow="fold", justify="right")
-        for m in metrics:
-            table.add_row(m, *(cell(key, m) for key in cells))
+        for model, dataset in grid.cells:
+            table.add_column(f"{short_label(model)}\n{dataset}", overflow="fold", justify="right")
+        for m in grid.metrics:
+            table.add_row(m, *(cell(key, m) for key in grid.cells))
     return table
-
-
-def _short_label(label: str | None, keep: int = 3) -> str:
-    """A job label of many models (an ensemble job) shortened to its first few names and a count."""
-    names = (label or "—").split(",")
-    return label or "—" if len(names) <= keep else f"{','.join(names[:keep])},… ({len(names)} models)"
 
 
 def print_verdicts(verdicts: list[Verdict], console: Console) -> None:

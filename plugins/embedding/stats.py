@@ -37,6 +37,8 @@ import scipy.optimize
 import scipy.stats
 import torch
 
+from audit.api.arrays import to_numpy
+
 Array = np.ndarray | torch.Tensor
 DeviceLike = str | torch.device | None
 Shrinkage = float | Literal["auto"] | None
@@ -68,13 +70,9 @@ def _tensor64(x: Array, device: DeviceLike) -> torch.Tensor:
     return t
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
 def _labels(y: Array, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Classes (sorted) and the integer code of every sample."""
-    y = _numpy(y) if isinstance(y, torch.Tensor) else np.asarray(y)
+    y = to_numpy(y)
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(f"labels must be 1-D with one entry per sample ({n}), got shape {y.shape}")
     classes, codes = np.unique(y, return_inverse=True)
@@ -208,7 +206,7 @@ class StreamingPCA:
         evals = evals.clamp_min(0)
         components = _fix_signs(evecs.T.contiguous())
         return PCAResult(
-            mean=_numpy(self.mean),
+            mean=to_numpy(self.mean),
             components=components.numpy(),
             explained_variance=evals.numpy(),
             explained_variance_ratio=(evals / total).numpy() if total > 0 else np.zeros(k),
@@ -299,7 +297,7 @@ def randomized_pca(
     evals = (sv**2 - nu).clamp_min(0)[:k].cpu()
     components = _fix_signs(u[:, :k].T.contiguous()).cpu()
     return PCAResult(
-        mean=_numpy(mean),
+        mean=to_numpy(mean),
         components=components.numpy(),
         explained_variance=evals.numpy(),
         explained_variance_ratio=(evals / total).numpy() if total > 0 else np.zeros(k),
@@ -487,7 +485,7 @@ def lda_fit(
     scalings = _fix_signs(scalings.T).T
     coef = torch.cholesky_solve(means.T, chol).T  # (C, d) = μ_k S_W⁻¹
     intercept = -0.5 * (means * coef).sum(dim=1) + torch.log(pri)
-    evr = _numpy(lam / lam.sum()) if r else np.zeros(0)
+    evr = to_numpy(lam / lam.sum()) if r else np.zeros(0)
     return LDAModel(
         classes=classes,
         means=means,
@@ -508,7 +506,7 @@ def lda_transform(model: LDAModel, x: Array) -> np.ndarray:
     scikit-learn's eigen solver returns x·scalings without centring; the two differ by a constant row.
     """
     xt = _tensor64(x, model.means.device)
-    return _numpy((xt - model.center) @ model.scalings)
+    return to_numpy((xt - model.center) @ model.scalings)
 
 
 def lda_decision_function(model: LDAModel, x: Array) -> torch.Tensor:
@@ -519,7 +517,7 @@ def lda_decision_function(model: LDAModel, x: Array) -> torch.Tensor:
 
 def lda_predict(model: LDAModel, x: Array) -> np.ndarray:
     """The class of largest discriminant score (first one on ties, like numpy's argmax)."""
-    return model.classes[_numpy(lda_decision_function(model, x).argmax(dim=1))]
+    return model.classes[to_numpy(lda_decision_function(model, x).argmax(dim=1))]
 
 
 # --------------------------------------------------------------------------------------------------- logistic
@@ -611,7 +609,7 @@ def logistic_fit(
 def logistic_predict(model: LogisticModel, x: Array) -> np.ndarray:
     xt = _tensor64(x, model.weights.device)
     z = ((xt - model.mean) / model.scale) @ model.weights + model.bias
-    return model.classes[_numpy(z.argmax(dim=1))]
+    return model.classes[to_numpy(z.argmax(dim=1))]
 
 
 # --------------------------------------------------------------------------------------------------- folds
@@ -623,7 +621,7 @@ def stratified_folds(y: Array, folds: int, seed: int = 0) -> np.ndarray:
     Each class's samples are shuffled (seeded) and dealt round-robin, the dealing continuing from where the
     previous class stopped: every fold gets each class's count to within one, and fold sizes differ by ≤ 1.
     """
-    y = _numpy(y) if isinstance(y, torch.Tensor) else np.asarray(y)
+    y = to_numpy(y)
     n = y.shape[0]
     if not 2 <= folds <= n:
         raise ValueError(f"folds must be in [2, {n}], got {folds}")
@@ -645,8 +643,8 @@ def group_folds(y: Array, groups: Array, folds: int, seed: int = 0) -> np.ndarra
     (largest first, stable) and each is given to the fold holding the fewest samples of that label so far
     (ties: the fold with the fewest samples, then the lowest id).
     """
-    y = _numpy(y) if isinstance(y, torch.Tensor) else np.asarray(y)
-    g = _numpy(groups) if isinstance(groups, torch.Tensor) else np.asarray(groups)
+    y = to_numpy(y)
+    g = to_numpy(groups)
     if g.shape != y.shape:
         raise ValueError("groups must have one entry per sample")
     _, ycodes = np.unique(y, return_inverse=True)
@@ -689,7 +687,7 @@ def _fold_ids(y: np.ndarray, folds: int | Array, seed: int, groups: Array | None
         if groups is not None:
             return group_folds(y, groups, int(folds), seed)
         return stratified_folds(y, int(folds), seed)
-    f = np.asarray(_numpy(folds) if isinstance(folds, torch.Tensor) else folds).astype(np.int64)
+    f = to_numpy(folds).astype(np.int64)
     if f.shape != y.shape:
         raise ValueError("an explicit fold array must have one fold id per sample")
     return f
@@ -720,7 +718,7 @@ def cv_accuracy(
     dev = _device(device)
     xt = _tensor64(x, dev)
     n = xt.shape[0]
-    yn = _numpy(y) if isinstance(y, torch.Tensor) else np.asarray(y)
+    yn = to_numpy(y)
     _labels(yn, n)
     fold = _fold_ids(yn, folds, seed, groups)
     if model not in ("lda", "logistic"):
@@ -791,10 +789,10 @@ def permutation_test(
     """
     if n_permutations < 1:
         raise ValueError("n_permutations must be ≥ 1")
-    yn = _numpy(y) if isinstance(y, torch.Tensor) else np.asarray(y)
+    yn = to_numpy(y)
     groups = cv_kwargs.get("groups")
     gn = (
-        None if groups is None else np.asarray(_numpy(groups) if isinstance(groups, torch.Tensor) else groups)
+        None if groups is None else to_numpy(groups)
     )
     dev = _device(cv_kwargs.pop("device", None))
     xt = _tensor64(x, dev)  # converted once, reused by every permutation
@@ -927,7 +925,7 @@ def mmd_test(
     for start in range(0, n_permutations, 256):
         b = min(256, n_permutations - start)
         perms = rng.permuted(np.broadcast_to(labels, (b, n + m)), axis=1)
-        null[start : start + b] = _numpy(mmd2_unbiased(kern, torch.from_numpy(perms.T.copy()).to(dev)))
+        null[start : start + b] = to_numpy(mmd2_unbiased(kern, torch.from_numpy(perms.T.copy()).to(dev)))
     tol = 1e-9 * float(kern.sum()) / ((n + m) * (n + m - 1))
     p = (1 + int(np.sum(null >= observed - tol))) / (1 + n_permutations)
     return MMDResult(mmd2=observed, p_value=p, bandwidth=sigma, null=null, n_x=n, n_y=m)
@@ -1002,7 +1000,7 @@ def fisher_ratio_cv(
     """
     dev = _device(device)
     xt = _tensor64(x, dev)
-    yn = _numpy(y) if isinstance(y, torch.Tensor) else np.asarray(y)
+    yn = to_numpy(y)
     _labels(yn, xt.shape[0])
     fold = _fold_ids(yn, folds, seed, groups)
     ratios = []
@@ -1036,7 +1034,7 @@ def silhouette(
     """
     dev = _device(device)
     xt = _tensor64(x, dev)
-    lab = _numpy(labels) if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    lab = to_numpy(labels)
     n = xt.shape[0]
     _labels(lab, n)
     if max_n is not None and n > max_n:
@@ -1121,14 +1119,14 @@ def component_label_association(
     most :data:`MAX_CATEGORICAL_LEVELS` values (source ids), Pearson otherwise (lengths, counts). η over many
     small groups is biased upward (E[η²] ≈ (G − 1)/(n − 1) on a null); the F-test p-value accounts for that.
     """
-    s = _numpy(scores) if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    s = to_numpy(scores)
     s = np.asarray(s, dtype=np.float64)
     if s.ndim == 1:
         s = s[:, None]
     n, k = s.shape
     out: dict[str, Association] = {}
     for name, raw in labels.items():
-        v = _numpy(raw) if isinstance(raw, torch.Tensor) else np.asarray(raw)
+        v = to_numpy(raw)
         if v.ndim != 1 or v.shape[0] != n:
             raise ValueError(
                 f"label {name!r} must be 1-D with one entry per sample ({n}), got shape {v.shape}"

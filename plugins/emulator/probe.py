@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
     from model_audit_probes.emulator import chi2
 
-TOY = "model_audit_probes.emulator.toy"
-
 
 class EmulatorProbe(Probe):
     name = "emulator"
@@ -96,45 +94,6 @@ class EmulatorProbe(Probe):
         "pull_bias_max",
         "chi2_mean_ratio",
     )
-
-    def demo_tables(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """A toy stellar-mass-function emulator with a known truth (:mod:`.toy`): an MLP and a quadratic
-        polynomial baseline, trained from seeds when loaded (a few seconds), tested on 1000 fresh boxes against
-        a covariance estimated from 400 realisations."""
-        return {
-            "models": {
-                "smf_emulator": {"factory": f"{TOY}:smf_emulator"},
-                "smf_polynomial": {"factory": f"{TOY}:smf_polynomial"},
-            },
-            "datasets": {
-                "smf_test": {
-                    "factory": f"{TOY}:smf_boxes",
-                    "kwargs": {"n": 1000, "seed": 0},
-                    "targets": "targets",
-                },
-                "smf_realisations": {"factory": f"{TOY}:smf_realisations", "kwargs": {"n": 400, "seed": 1}},
-            },
-        }
-
-    def demo_entries(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        if "smf_emulator" not in models or "smf_test" not in datasets:
-            return []
-        return [
-            {
-                "probe": "emulator",
-                "models": ["smf_emulator", "smf_polynomial"],
-                "datasets": ["smf_test", "smf_realisations"],
-                "params": {"covariance": "smf_realisations", "stored": "log10", "baseline": "smf_polynomial"},
-            }
-        ]
-
-    def demo_gates(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        if "smf_emulator" not in models:
-            return []
-        return [
-            {"probe": "emulator", "metric": "chi2_mean", "model": "smf_emulator", "max": 1.2},
-            {"probe": "emulator", "metric": "chi2_mean_ratio", "model": "smf_emulator", "max": 0.8},
-        ]
 
     # ------------------------------------------------------------------------------------------- run
 

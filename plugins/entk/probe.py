@@ -78,31 +78,6 @@ class ENTKProbe(Probe):
         "network_accuracy",
     )
 
-    def demo_entries(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        if "train" not in datasets:
-            return []
-        return [
-            {
-                "probe": "entk",
-                "models": [models[0]],
-                "datasets": [datasets["train"], datasets["id"], datasets["ood"]],
-                "params": {"max_examples": 256},
-            }
-        ]
-
-    def demo_gates(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": "kGLM surrogate accuracy within 2 points of the network (Engel et al.'s TAD range)",
-                "probe": "entk",
-                "metric": "kglm_tad",
-                "model": models[0],
-                "dataset": datasets["id"],
-                "min": -0.02,
-                "max": 0.02,
-            },
-        ]
-
     # ------------------------------------------------------------------ run
 
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:

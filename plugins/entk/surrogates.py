@@ -38,26 +38,19 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
+from audit.api.arrays import to_numpy
+
 TAU_CONVENTION = "prob_of_nn_predicted_class"
 """Primary Kendall τ: per test point, the probability each model gives to the network's predicted class."""
 
 
-def _f64(x: Any) -> np.ndarray:
-    """A float64 numpy array of an array-like or a torch tensor (detached and moved to the CPU)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def _labels(y: Any) -> np.ndarray:
-    if hasattr(y, "detach"):
-        y = y.detach().cpu().numpy()
-    return np.asarray(y).astype(np.int64).ravel()
+    return to_numpy(y).astype(np.int64).ravel()
 
 
 def _as_rows(k: Any) -> tuple[np.ndarray, bool]:
     """Kernel rows as a 2-D float64 array and whether the input was a single row."""
-    k = _f64(k)
+    k = to_numpy(k, np.float64)
     if k.ndim == 1:
         return k[None, :], True
     if k.ndim != 2:
@@ -149,7 +142,7 @@ def fit_kglm(
     solution is tight enough to compare across solvers; `max_iter` caps the work (one evaluation costs
     two N×N×C products: about a minute for N = 2000, C = 10 on one thread at the 500-iteration cap).
     """
-    x = _f64(k_train)
+    x = to_numpy(k_train, np.float64)
     y = _labels(y_train)
     if x.ndim != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(
@@ -213,7 +206,7 @@ def faithfulness(nn_proba: Any, sur_proba: Any, y: Any) -> dict[str, float | str
 
     R_Miss = |{i : both wrong and same predicted label}| / |{i : either wrong}|, NaN when neither errs.
     """
-    p_nn, p_sur = _f64(nn_proba), _f64(sur_proba)
+    p_nn, p_sur = to_numpy(nn_proba, np.float64), to_numpy(sur_proba, np.float64)
     labels = _labels(y)
     if p_nn.shape != p_sur.shape or p_nn.ndim != 2 or p_nn.shape[0] != labels.shape[0]:
         raise ValueError(
@@ -256,7 +249,7 @@ def attribution(kglm: KGLM, k_test: Any, top_k: int) -> tuple[np.ndarray, np.nda
     their sign.
     """
     x = kglm.features(k_test)
-    single = _f64(k_test).ndim == 1
+    single = to_numpy(k_test, np.float64).ndim == 1
     n_train = x.shape[1]
     if not 1 <= top_k <= n_train:
         raise ValueError(f"top_k must lie in [1, {n_train}], got {top_k}")
@@ -286,7 +279,7 @@ def one_hot(y: Any, n_classes: int, centred: bool = True) -> np.ndarray:
 
 
 def _square(k: Any) -> np.ndarray:
-    k = _f64(k)
+    k = to_numpy(k, np.float64)
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"the training kernel must be square, got shape {k.shape}")
     return 0.5 * (k + k.T)  # symmetric part: Cholesky would silently read one triangle only
@@ -310,12 +303,12 @@ def kernel_ridge(k_train: Any, targets: Any, ridge: float) -> np.ndarray:
     pivots = np.diag(factor[0]) ** 2
     if pivots.min() <= k.shape[0] * np.finfo(np.float64).eps * np.abs(np.diag(a)).max():
         raise ValueError(f"K + ridge·I is numerically singular (ridge={ridge}); increase the ridge")
-    return scipy.linalg.cho_solve(factor, _f64(targets))
+    return scipy.linalg.cho_solve(factor, to_numpy(targets, np.float64))
 
 
 def kernel_ridge_predict(k_test: Any, alpha: Any) -> np.ndarray:
     """Predictions K(X_test, X_train) α: (n, C) for (N, C) α, (n,) for (N,) α."""
-    return _f64(k_test) @ _f64(alpha)
+    return to_numpy(k_test, np.float64) @ to_numpy(alpha, np.float64)
 
 
 def _predicted_labels(scores: np.ndarray) -> np.ndarray:
@@ -367,12 +360,12 @@ def kernel_ridge_nag(
     α instead of the best one. info: steps, best_step, best_val_acc, stopped_early, lipschitz, restarts.
     """
     k = _square(k_train)
-    y = _f64(targets)
+    y = to_numpy(targets, np.float64)
     if y.shape[0] != k.shape[0]:
         raise ValueError(f"targets have {y.shape[0]} rows, the kernel {k.shape[0]}")
     validate = k_val is not None
     if validate:
-        kv, yv = _f64(k_val), _labels(y_val)
+        kv, yv = to_numpy(k_val, np.float64), _labels(y_val)
         if kv.ndim != 2 or kv.shape != (yv.shape[0], k.shape[0]):
             raise ValueError(f"k_val must be (n_val, {k.shape[0]}) with n_val = len(y_val), got {kv.shape}")
     lam = 1.02 * _top_eigenvalue(k)

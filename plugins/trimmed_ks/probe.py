@@ -64,25 +64,6 @@ class TrimmedKSProbe(Probe):
     oom_param = "batch_size"  # forward-pass batches: memory only, the outputs are the same
     key_metrics = ("alpha_hat", "d_alpha_limit", "accuracy", "churn_mean", "churn_ensemble", "ece")
 
-    def demo_entries(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        if not any(m.startswith("seed/") for m in models):
-            return []
-        return [
-            {
-                "probe": "trimmed_ks",
-                "models": ["seed/*", "cand_*"],
-                "datasets": [datasets["id"]],
-                "params": {"reference": "seed/*"},
-            }
-        ]
-
-    def demo_gates(self, models: list[str], datasets: dict[str, str]) -> list[dict[str, Any]]:
-        if not any(m.startswith("seed/") for m in models):
-            return []
-        # the held-out seed of the same recipe sits within seed variability; the other candidates rank
-        # above it by α̂ (shown in the demo's table), and a gate on them would fail, as it should
-        return [{"probe": "trimmed_ks", "metric": "alpha_hat", "model": "cand_seed", "max": 0.1}]
-
     def run(self, ctx, params: dict[str, Any]) -> ProbeResult:
         import numpy as np
 
