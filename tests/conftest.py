@@ -107,6 +107,28 @@ def _isolated_process_state(tmp_path_factory):
             del sys.modules[name]
 
 
+# ------------------------------------------------------------------------------------------ devices
+
+# The devices a device-sensitive test runs on: the CPU always (CPU-only CI runs every such test there), and
+# the first GPU where CUDA is visible, so that one suite run on a CUDA machine checks both paths.
+DEVICES = ("cpu", *(("cuda",) if torch.cuda.is_available() else ()))
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """The device of a device-sensitive test (capture, each probe's run, the output cache, executors,
+    out-of-memory retry): parametrised over "cpu" and, when ``torch.cuda.is_available()``, "cuda". Put the
+    model and every batch a test builds on it; compare floats with tolerances, since CUDA kernels (cuBLAS,
+    cuDNN) round differently from the CPU's."""
+    return torch.device(request.param)
+
+
+def on(device: torch.device | str, *tensors: torch.Tensor):
+    """The tensors moved to `device` (one tensor: that tensor; None stays None)."""
+    moved = tuple(None if t is None else t.to(device) for t in tensors)
+    return moved[0] if len(moved) == 1 else moved
+
+
 # ----------------------------------------------------------------------------------------- the CLI
 
 

@@ -14,9 +14,10 @@ from audit.api.capture import OUTPUT, default_layers, resolve_layers, stream_act
 from audit.api.errors import ProbeInputError
 
 
-def mlp() -> nn.Sequential:
+def mlp(device: torch.device | str = "cpu") -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    return model.to(device).eval()
 
 
 class Nested(nn.Module):
@@ -30,10 +31,10 @@ class Nested(nn.Module):
         return self.head(self.encoder(x))
 
 
-def data(n: int = 10, batch_size: int = 4, with_targets: bool = True):
+def data(n: int = 10, batch_size: int = 4, with_targets: bool = True, device: torch.device | str = "cpu"):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 4, generator=g)
-    y = torch.arange(n) % 3
+    x = torch.randn(n, 4, generator=g).to(device)  # drawn on the CPU: the same values on every device
+    y = (torch.arange(n) % 3).to(device)
     batches = [
         (x[i : i + batch_size], y[i : i + batch_size] if with_targets else None)
         for i in range(0, n, batch_size)
@@ -124,9 +125,9 @@ def manual_forward(model: nn.Sequential, x: torch.Tensor) -> dict[str, torch.Ten
     return acts
 
 
-def test_stream_activations_equal_a_manual_forward():
-    model = mlp()
-    _, y, batches = data(10, 4)
+def test_stream_activations_equal_a_manual_forward(device):
+    model = mlp(device)
+    _, y, batches = data(10, 4, device=device)
     layers = ["4", "0", OUTPUT, "3"]  # yielded in the requested order
     seen = list(stream_activations(model, batches, layers))
     assert len(seen) == 3
@@ -153,9 +154,9 @@ def test_stream_activations_without_targets():
     assert acts[0].shape == (5, 5)
 
 
-def test_relu_activation_is_the_relu_output():
-    model = mlp()
-    x, _, batches = data(6, 6)
+def test_relu_activation_is_the_relu_output(device):
+    model = mlp(device)
+    x, _, batches = data(6, 6, device=device)
     ((acts, _, _),) = list(stream_activations(model, batches, ["1", "2"]))
     with torch.no_grad():
         pre = model[0](x)
@@ -257,19 +258,20 @@ def test_tuple_output_uses_the_first_tensor_and_non_tensors_are_refused():
     assert no_hooks(bad)
 
 
-def test_activations_stay_on_the_model_device_and_dtype():
-    model = mlp().double()
-    x, _, batches = data(4, 4)
+def test_activations_stay_on_the_model_device_and_dtype(device):
+    model = mlp(device).double()
+    x, _, batches = data(4, 4, device=device)
     batches = [(xb.double(), yb) for xb, yb in batches]
     ((acts, out, _),) = list(stream_activations(model, batches, ["0", OUTPUT]))
     assert acts[0].dtype == torch.float64 and out.dtype == torch.float64
-    assert acts[0].device == x.device
+    assert acts[0].device == x.device == out.device
+    assert acts[0].device.type == torch.device(device).type
 
 
 # ---------------------------------------------------------------- memory: nothing kept across batches
 
 
-def test_slots_hold_only_the_current_batch(monkeypatch):
+def test_slots_hold_only_the_current_batch(monkeypatch, device):
     captures = []
     original = capture.Capture.__enter__
 
@@ -278,8 +280,8 @@ def test_slots_hold_only_the_current_batch(monkeypatch):
         return original(self)
 
     monkeypatch.setattr(capture.Capture, "__enter__", spy)
-    model = mlp()
-    _, _, batches = data(10, 4)  # batch sizes 4, 4, 2
+    model = mlp(device)
+    _, _, batches = data(10, 4, device=device)  # batch sizes 4, 4, 2
     layers = ["0", "2", "4", OUTPUT]
     sizes = []
     for acts, _out, _y in stream_activations(model, batches, layers):
@@ -294,9 +296,9 @@ def test_slots_hold_only_the_current_batch(monkeypatch):
     assert no_hooks(model)
 
 
-def test_activations_of_a_batch_are_released_after_the_next_batch():
-    model = mlp()
-    _, _, batches = data(12, 4)
+def test_activations_of_a_batch_are_released_after_the_next_batch(device):
+    model = mlp(device)
+    _, _, batches = data(12, 4, device=device)
     stream = stream_activations(model, batches, ["0", "2", OUTPUT])
     acts, out, _ = next(stream)
     try:

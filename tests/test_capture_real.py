@@ -68,27 +68,27 @@ def assert_same(got: list[torch.Tensor], want: list[torch.Tensor], layers: list[
 # ---------------------------------------------------------------- in-place writes
 
 
-def test_linear_then_inplace_relu_keeps_the_pre_relu_values():
-    model = seeded(LinearReLU).double()
-    x = torch.randn(32, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+def test_linear_then_inplace_relu_keeps_the_pre_relu_values(device):
+    model = seeded(LinearReLU).double().to(device)
+    x = torch.randn(32, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device)
     layers = ["fc1", "act", "fc2", OUTPUT]
     got = captured(model, x, layers)
     assert_same(got, reference_outputs(model, x, layers), layers)
     assert (got[0] < 0).any()  # the pre-activation, not the ReLU's output
 
 
-def test_conv_bn_inplace_relu_residual_add_and_relu_():
-    model = seeded(ConvBNReLU).double()
+def test_conv_bn_inplace_relu_residual_add_and_relu_(device):
+    model = seeded(ConvBNReLU).double().to(device)
     model.bn.running_mean.fill_(0.3)
-    x = torch.randn(16, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(16, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
     layers = ["conv", "bn", "conv2", "head", OUTPUT]
     assert_same(captured(model, x, layers, size=5), reference_outputs(model, x, layers), layers)
 
 
-def test_cka_of_a_layer_before_an_inplace_relu_is_not_one():
+def test_cka_of_a_layer_before_an_inplace_relu_is_not_one(device):
     """The reported failure: Linear → ReLU(inplace) gave CKA 1.000 between the two instead of < 1."""
-    model = seeded(LinearReLU).double()
-    x = torch.randn(64, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    model = seeded(LinearReLU).double().to(device)
+    x = torch.randn(64, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
     layers = ["fc1", "act"]
     acc, ref = (
         MinibatchCKA(2, None, "unbiased", torch.float64),
@@ -158,10 +158,10 @@ class SometimesInPlace(nn.Module):
         return self.fc2(h)
 
 
-def test_a_layer_written_in_place_only_on_a_later_batch_is_recaptured():
+def test_a_layer_written_in_place_only_on_a_later_batch_is_recaptured(device):
     torch.manual_seed(0)
-    model = SometimesInPlace().double().eval()
-    x = torch.randn(12, 3, dtype=torch.float64)
+    model = SometimesInPlace().double().eval().to(device)
+    x = torch.randn(12, 3, dtype=torch.float64).to(device)
     x[0, 0], x[4, 0], x[8, 0] = -1.0, -1.0, 1.0  # only the third batch takes the in-place path
     got = captured(model, x, ["fc1"], size=4)[0]
     with torch.no_grad():

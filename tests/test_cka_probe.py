@@ -19,21 +19,24 @@ def mlp(seed: int, out: int = 3) -> nn.Module:
 
 
 def data(name: str, x: np.ndarray, y: np.ndarray | None, task: str | None) -> DatasetHandle:
-    def batches(bs, device):
+    def batches(bs, device):  # onto the job's device, as the runner's datasets do
         for s in range(0, len(x), bs):
-            yield torch.from_numpy(x[s : s + bs]), None if y is None else torch.from_numpy(y[s : s + bs])
+            yield (
+                torch.from_numpy(x[s : s + bs]).to(device),
+                None if y is None else torch.from_numpy(y[s : s + bs]).to(device),
+            )
 
     return DatasetHandle(name, name, len(x), task, y is not None, batches)
 
 
-def ctx(models, datasets) -> Context:
-    handles = [ModelHandle(f"m{i}", f"fp{i}", (lambda m=m: m)) for i, m in enumerate(models)]
-    return Context(handles, datasets, torch.device("cpu"), seed=0)
+def ctx(models, datasets, device="cpu") -> Context:
+    handles = [ModelHandle(f"m{i}", f"fp{i}", (lambda m=m: m.to(device))) for i, m in enumerate(models)]
+    return Context(handles, datasets, torch.device(device), seed=0)
 
 
-def run(models, datasets, **params):
+def run(models, datasets, device="cpu", **params):
     probe = CKAProbe()
-    return probe.run(ctx(models, datasets), probe.validate_params(params))
+    return probe.run(ctx(models, datasets, device), probe.validate_params(params))
 
 
 def metrics(result, dataset=None, model=None):
@@ -45,15 +48,17 @@ X = RNG.normal(size=(300, 5)).astype(np.float32)
 Y_CLS = RNG.integers(0, 3, size=300)
 
 
-def test_single_model_matrix_equals_direct_accumulation_of_its_layers():
+def test_single_model_matrix_equals_direct_accumulation_of_its_layers(device):
     model = mlp(0)
-    result = run([model], [data("d", X, Y_CLS, "classification")], batch_size=64, gram_dtype="float64")
+    result = run(
+        [model], [data("d", X, Y_CLS, "classification")], device, batch_size=64, gram_dtype="float64"
+    )
     layers = list(result.arrays["layers"])
     assert layers == ["0", "2", "4", "output"]
     acc = MinibatchCKA(4, gram_dtype=torch.float64)
     with torch.no_grad():
         for s in range(0, 300, 64):
-            xb = torch.from_numpy(X[s : s + 64])
+            xb = torch.from_numpy(X[s : s + 64]).to(device)
             h0 = model[0](xb)
             h2 = model[2](model[1](h0))
             h4 = model[4](model[3](h2))
@@ -63,16 +68,17 @@ def test_single_model_matrix_equals_direct_accumulation_of_its_layers():
     m = metrics(result)
     assert m["layers"] == 4 and m["examples_used"] == 300
     with torch.no_grad():
-        expected_acc = (model(torch.from_numpy(X)).argmax(1).numpy() == Y_CLS).mean()
+        expected_acc = (model(torch.from_numpy(X).to(device)).argmax(1).cpu().numpy() == Y_CLS).mean()
     assert m["accuracy"] == pytest.approx(expected_acc)
     assert np.all(np.isfinite(result.arrays["eigenvalues"]))
 
 
-def test_id_ood_pair_stores_both_matrices_and_their_contrast():
+def test_id_ood_pair_stores_both_matrices_and_their_contrast(device):
     ood = (X * 3 + 1).astype(np.float32)
     result = run(
         [mlp(0)],
         [data("id", X, Y_CLS, "classification"), data("ood", ood, Y_CLS, "classification")],
+        device,
         batch_size=100,
     )
     assert {"matrix_id", "matrix_ood", "eigenvalues_id", "eigenvalues_ood"} <= set(result.arrays)
@@ -84,39 +90,41 @@ def test_id_ood_pair_stores_both_matrices_and_their_contrast():
     assert "accuracy" in mid and "accuracy" in mood
 
 
-def test_model_against_itself_has_unit_diagonal_and_against_another_does_not():
-    same = run([mlp(0), mlp(0)], [data("d", X, None, None)], batch_size=64)
+def test_model_against_itself_has_unit_diagonal_and_against_another_does_not(device):
+    same = run([mlp(0), mlp(0)], [data("d", X, None, None)], device, batch_size=64)
     np.testing.assert_allclose(np.diag(same.arrays["matrix"]), 1.0, atol=1e-6)
     assert metrics(same)["cross_diag_mean"] == pytest.approx(1.0, abs=1e-6)
-    other = run([mlp(0), mlp(1)], [data("d", X, None, None)], batch_size=64)
+    other = run([mlp(0), mlp(1)], [data("d", X, None, None)], device, batch_size=64)
     assert metrics(other)["cross_diag_mean"] < 0.99
     assert list(other.arrays["layers_a"]) == list(other.arrays["layers_b"])
 
 
-def test_regression_targets_give_r2_per_target():
+def test_regression_targets_give_r2_per_target(device):
     y = (X[:, :2] * [1.0, -2.0]).astype(np.float32)
-    result = run([mlp(0, out=2)], [data("d", X, y, "regression")], batch_size=64, layers=["0", "output"])
+    result = run(
+        [mlp(0, out=2)], [data("d", X, y, "regression")], device, batch_size=64, layers=["0", "output"]
+    )
     m = metrics(result)
     assert {"r2_0", "r2_1", "r2_mean"} <= set(m)
     assert list(result.arrays["layers"]) == ["0", "output"]
 
 
-def test_dead_layer_is_flagged_by_name():
+def test_dead_layer_is_flagged_by_name(device):
     model = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
     with torch.no_grad():
         model[0].weight.zero_()
         model[0].bias.fill_(1.0)
-    result = run([model], [data("d", X, None, None)], batch_size=64)
+    result = run([model], [data("d", X, None, None)], device, batch_size=64)
     # layer 0 is constant, so is everything after it: all three flagged, deterministically
     assert metrics(result)["nonpositive_self_hsic_layers"] == 3
     assert any("layer(s) 0, 1, output" in w for w in result.warnings)
     assert np.isnan(result.arrays["matrix"]).all()
 
 
-def test_small_but_real_variation_is_not_mistaken_for_a_dead_layer():
+def test_small_but_real_variation_is_not_mistaken_for_a_dead_layer(device):
     x = (1.0 + 1e-3 * RNG.normal(size=(64, 5))).astype(np.float32)
     result = run(
-        [nn.Sequential(nn.Identity(), nn.Linear(5, 2))], [data("d", x, None, None)], layers=["0", "1"]
+        [nn.Sequential(nn.Identity(), nn.Linear(5, 2))], [data("d", x, None, None)], device, layers=["0", "1"]
     )
     assert metrics(result)["nonpositive_self_hsic_layers"] == 0
     assert result.arrays["matrix"][0, 0] == pytest.approx(1.0)

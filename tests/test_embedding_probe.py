@@ -19,16 +19,16 @@ def source(name: str, x: np.ndarray, y: np.ndarray | None = None) -> DatasetHand
         for s in range(0, len(x), bs):
             yield (
                 torch.from_numpy(x[s : s + bs]).to(device),
-                None if y is None else torch.from_numpy(y[s : s + bs]),
+                None if y is None else torch.from_numpy(y[s : s + bs]).to(device),
             )
 
     return DatasetHandle(name, f"fp-{name}", len(x), None, y is not None, batches)
 
 
-def run(datasets, models=(), **params):
+def run(datasets, models=(), device="cpu", **params):
     probe = EmbeddingProbe()
-    handles = [ModelHandle(f"m{i}", f"fp{i}", (lambda m=m: m)) for i, m in enumerate(models)]
-    ctx = Context(handles, datasets, torch.device("cpu"), seed=0)
+    handles = [ModelHandle(f"m{i}", f"fp{i}", (lambda m=m: m.to(device))) for i, m in enumerate(models)]
+    ctx = Context(handles, datasets, torch.device(device), seed=0)
     params = {"permutations": 50, "mmd_permutations": 100, **params}
     return probe.run(ctx, probe.validate_params(params))
 
@@ -45,9 +45,9 @@ def gaussians(shift: float, n: int = 300, d: int = 20, seed: int = 0):
     return a, b
 
 
-def test_separated_sources_are_told_apart_and_the_null_control_is_not():
+def test_separated_sources_are_told_apart_and_the_null_control_is_not(device):
     a, b = gaussians(shift=4.0)
-    r = run([source("a", a), source("b", b)])
+    r = run([source("a", a), source("b", b)], device=device)
     m = metrics(r)
     assert m["lda_cv_accuracy"] > 0.97 and m["logistic_cv_accuracy"] > 0.97
     assert m["lda_p_value"] == pytest.approx(1 / 51)  # the smallest a 50-permutation test can give
@@ -62,16 +62,16 @@ def test_separated_sources_are_told_apart_and_the_null_control_is_not():
     assert r.arrays["source"].tolist() == [0] * 300 + [1] * 300
 
 
-def test_sources_from_one_distribution_are_not_told_apart():
+def test_sources_from_one_distribution_are_not_told_apart(device):
     a, b = gaussians(shift=0.0, seed=1)
-    r = run([source("a", a), source("b", b)])
+    r = run([source("a", a), source("b", b)], device=device)
     m = metrics(r)
     assert m["lda_p_value"] > 0.05 and abs(m["lda_cv_accuracy"] - 0.5) < 0.1
     assert metrics(r, "a,b")["mmd_p_value"] > 0.05
     assert abs(m["silhouette"]) < 0.02
 
 
-def test_three_sources_give_every_pair_and_a_target_label_is_tracked():
+def test_three_sources_give_every_pair_and_a_target_label_is_tracked(device):
     rng = np.random.default_rng(2)
     xs, ys = [], []
     for k in range(3):
@@ -81,7 +81,7 @@ def test_three_sources_give_every_pair_and_a_target_label_is_tracked():
         x[:, 2] += 0.8 * k
         xs.append(x)
         ys.append(y)
-    r = run([source(f"s{k}", xs[k], ys[k]) for k in range(3)], keep_per_source=150)
+    r = run([source(f"s{k}", xs[k], ys[k]) for k in range(3)], device=device, keep_per_source=150)
     assert {m.dataset for m in r.metrics if m.name == "mmd_p_value"} == {"s0,s1", "s0,s2", "s1,s2"}
     target = r.arrays["association_target"]
     assert np.abs(target).max() > 0.9  # a component tracks the hidden label
@@ -100,13 +100,13 @@ class Encoder(nn.Module):
         return torch.tanh(self.body(x))
 
 
-def test_a_model_layer_with_pooled_sequence_output():
+def test_a_model_layer_with_pooled_sequence_output(device):
     rng = np.random.default_rng(3)
     a = rng.normal(size=(120, 5, 3)).astype(np.float32)
     b = (rng.normal(size=(120, 5, 3)) + np.array([1.5, 0, 0])).astype(np.float32)
-    r = run([source("a", a), source("b", b)], models=[Encoder()], layer="body", pooling="mean")
+    r = run([source("a", a), source("b", b)], [Encoder()], device, layer="body", pooling="mean")
     assert metrics(r)["dimension"] == 6 and metrics(r)["lda_cv_accuracy"] > 0.9
-    flat = run([source("a", a), source("b", b)], models=[Encoder()], layer="body", pooling="flatten")
+    flat = run([source("a", a), source("b", b)], [Encoder()], device, layer="body", pooling="flatten")
     assert metrics(flat)["dimension"] == 30
 
 

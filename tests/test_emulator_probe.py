@@ -31,9 +31,12 @@ class Table(nn.Module):
 def held_out(name: str, targets: np.ndarray) -> DatasetHandle:
     idx = np.arange(len(targets))
 
-    def batches(bs, device):
+    def batches(bs, device):  # onto the job's device, as the runner's datasets do
         for s in range(0, len(targets), bs):
-            yield torch.from_numpy(idx[s : s + bs]), torch.from_numpy(targets[s : s + bs].astype(np.float32))
+            yield (
+                torch.from_numpy(idx[s : s + bs]).to(device),
+                torch.from_numpy(targets[s : s + bs].astype(np.float32)).to(device),
+            )
 
     return DatasetHandle(name, f"fp-{name}", len(targets), "regression", True, batches)
 
@@ -41,15 +44,15 @@ def held_out(name: str, targets: np.ndarray) -> DatasetHandle:
 def covariance_set(name: str, rows: np.ndarray) -> DatasetHandle:
     def batches(bs, device):
         for s in range(0, len(rows), bs):
-            yield torch.from_numpy(np.asarray(rows[s : s + bs], dtype=np.float32)), None
+            yield torch.from_numpy(np.asarray(rows[s : s + bs], dtype=np.float32)).to(device), None
 
     return DatasetHandle(name, f"fp-{name}", len(rows), None, False, batches)
 
 
-def run_probe(models: dict[str, np.ndarray], datasets: list[DatasetHandle], **params):
-    handles = [ModelHandle(n, f"fp-{n}", (lambda t=t: Table(t))) for n, t in models.items()]
+def run_probe(models: dict[str, np.ndarray], datasets: list[DatasetHandle], device="cpu", **params):
+    handles = [ModelHandle(n, f"fp-{n}", (lambda t=t: Table(t).to(device))) for n, t in models.items()]
     probe = EmulatorProbe()
-    ctx = Context(handles, datasets, torch.device("cpu"), seed=0)
+    ctx = Context(handles, datasets, torch.device(device), seed=0)
     return probe.run(ctx, probe.validate_params(params))
 
 
@@ -64,12 +67,13 @@ def boxes():
     return data["truth"].astype(np.float64), data["targets"].astype(np.float64), toy.noise_covariance()
 
 
-def test_the_truth_is_calibrated_and_a_biased_emulator_is_caught(boxes):
+def test_the_truth_is_calibrated_and_a_biased_emulator_is_caught(boxes, device):
     truth, measured, cov = boxes
     sigma = np.sqrt(np.diag(cov))
     result = run_probe(
         {"truth": truth, "biased": truth - 0.5 * sigma, "poor": truth + 0.2 * np.sin(np.arange(P))},
         [held_out("boxes", measured), covariance_set("cov", cov)],
+        device,
         covariance="cov",
         stored="log10",
         baseline="poor",
@@ -105,12 +109,13 @@ def test_the_truth_is_calibrated_and_a_biased_emulator_is_caught(boxes):
     assert values(result, "hartlap_factor")[None, None] == pytest.approx(1.0, rel=1e-15)  # a known Σ: none
 
 
-def test_realisations_estimate_the_covariance_with_hartlap(boxes):
+def test_realisations_estimate_the_covariance_with_hartlap(boxes, device):
     truth, measured, _ = boxes
     reals = toy.smf_realisations(60, seed=5)["inputs"]
     result = run_probe(
         {"truth": truth},
         [held_out("boxes", measured), covariance_set("sims", reals)],
+        device,
         covariance="sims",
         stored="log10",
     )
@@ -120,13 +125,13 @@ def test_realisations_estimate_the_covariance_with_hartlap(boxes):
     assert values(result, "calibration_p_value")["truth", "boxes"] > 0.001
 
 
-def test_linear_storage_compared_in_log10_with_the_nonpositive_rule():
+def test_linear_storage_compared_in_log10_with_the_nonpositive_rule(device):
     rng = np.random.default_rng(0)
     truth = rng.uniform(1, 10, size=(300, 4))
     measured = truth * 10 ** (0.05 * rng.normal(size=truth.shape))
     errors = np.full((1, 4), 0.05)
     ds = [held_out("t", measured), covariance_set("err", errors)]
-    result = run_probe({"m": truth}, ds, covariance="err", stored="linear", space="log10")
+    result = run_probe({"m": truth}, ds, device, covariance="err", stored="linear", space="log10")
     assert abs(values(result, "chi2_mean")["m", "t"] - 1) < 0.15
     fe = np.abs(truth.astype(np.float32) / measured.astype(np.float32) - 1)
     assert values(result, "frac_err_p95")["m", "t"] == pytest.approx(np.percentile(fe, 95), rel=1e-4)
@@ -143,14 +148,14 @@ def test_linear_storage_compared_in_log10_with_the_nonpositive_rule():
     assert masked.arrays["m@t:chi2"].shape == (300,) and np.isfinite(masked.arrays["m@t:chi2"]).all()
 
 
-def test_singular_covariance_is_an_error_or_a_warned_pseudo_inverse(boxes):
+def test_singular_covariance_is_an_error_or_a_warned_pseudo_inverse(boxes, device):
     truth, measured, cov = boxes
     singular = cov.copy()
     singular[-1, :] = singular[:, -1] = 0.0
     ds = [held_out("boxes", measured), covariance_set("cov", singular)]
     with pytest.raises(ProbeInputError, match=r"covariance dataset 'cov'.*rank 13 of 14.*pinv"):
         run_probe({"truth": truth}, ds, covariance="cov", stored="log10")
-    result = run_probe({"truth": truth}, ds, covariance="cov", stored="log10", singular="pinv")
+    result = run_probe({"truth": truth}, ds, device, covariance="cov", stored="log10", singular="pinv")
     assert any("pseudo-inverse" in w for w in result.warnings)
     assert values(result, "covariance_rank")[None, None] == 13
     assert np.isfinite(result.arrays["truth@boxes:chi2"]).all()
@@ -217,9 +222,24 @@ max = 2
 """
 
 
-def test_cli_run_and_gate_on_the_toy_project(tmp_path):
+def test_toy_emulators_run_on_the_device_of_their_inputs(device):
+    """The toy models build nothing on the CPU inside forward: on CUDA the demo's emulator job failed with
+    "Expected all tensors to be on the same device" (issue 17). Same outputs as on the CPU up to float32
+    rounding, which CUDA's pow and matmul do differently: the degree-3 polynomial sums 34 monomials |z^e| ≤ 1
+    with Σ|w| ≈ 12 per bin, so the two differ by at most ~34 · 12 · 2⁻²³ ≈ 5e-5 (the MLP by less)."""
+    theta = torch.from_numpy(toy.smf_boxes(64, seed=2)["inputs"])
+    for model in (toy.smf_polynomial(degree=3), toy.smf_emulator(epochs=5)):
+        expected = model(theta)
+        with torch.no_grad():
+            got = model.to(device)(theta.to(device))
+        assert got.device.type == torch.device(device).type
+        torch.testing.assert_close(got.cpu(), expected.detach(), rtol=0, atol=1e-4)
+
+
+def test_cli_run_and_gate_on_the_toy_project(tmp_path, device):
     (tmp_path / "audit.toml").write_text(PROJECT)
-    run = audit_cli("run", "--executor", "inline", cwd=tmp_path)  # the executors are tested on their own
+    # the executors are tested on their own
+    run = audit_cli("run", "--executor", "inline", "--device", str(device), cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     rows = audit_cli(
         "query",

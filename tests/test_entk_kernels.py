@@ -104,12 +104,14 @@ def test_two_layer_closed_form_matches_autograd_to_1e10():
 
 
 @pytest.mark.parametrize("output", ["trace", "sum", 2])
-def test_structured_and_jacobian_routes_equal_the_definition(output):
-    net = mlp()
-    ref = reference_ntk(net, X, X2, output)
+def test_structured_and_jacobian_routes_equal_the_definition(output, device):
+    net, x, x2 = mlp().to(device), X.to(device), X2.to(device)
+    ref = reference_ntk(net, x, x2, output).cpu()
     for method in ("auto", "jacobian"):
-        np.testing.assert_allclose(empirical_ntk(net, X, X2, output=output, method=method), ref, atol=1e-10)
-    assert structured_layers(net, X) == ["0", "2", "4"]
+        k = empirical_ntk(net, x, x2, output=output, method=method)
+        assert k.device == x.device
+        np.testing.assert_allclose(k.cpu(), ref, atol=1e-10)
+    assert structured_layers(net, x) == ["0", "2", "4"]
 
 
 def test_mixed_model_uses_both_routes_and_matches_the_definition():
@@ -213,18 +215,20 @@ XC = torch.from_numpy(np.random.default_rng(4).normal(size=(7, 2, 6, 7)))
 XC2 = torch.from_numpy(np.random.default_rng(5).normal(size=(4, 2, 6, 7)))
 
 
-def test_conv_layers_take_the_gemm_route_and_match_the_definition():
-    net = SmallCNN().double()
-    routes = plan_routes(net, XC)
+def test_conv_layers_take_the_gemm_route_and_match_the_definition(device):
+    net, xc, xc2 = SmallCNN().double().to(device), XC.to(device), XC2.to(device)
+    routes = plan_routes(net, xc)
     assert routes.conv == ("c1", "c2", "c3", "c4") and routes.dense == ("head",)
     assert set(routes.generic) == {"grouped.weight", "grouped.bias", "norm.weight", "norm.bias"}
-    ref = reference_ntk(net, XC, XC)
-    np.testing.assert_allclose(empirical_ntk(net, XC), ref, atol=1e-10)
+    ref = reference_ntk(net, xc, xc).cpu()
+    np.testing.assert_allclose(empirical_ntk(net, xc).cpu(), ref, atol=1e-10)
     for output in ("sum", 1):
         np.testing.assert_allclose(
-            empirical_ntk(net, XC, XC2, output=output), reference_ntk(net, XC, XC2, output), atol=1e-10
+            empirical_ntk(net, xc, xc2, output=output).cpu(),
+            reference_ntk(net, xc, xc2, output).cpu(),
+            atol=1e-10,
         )
-    np.testing.assert_allclose(ntk_diagonal(net, XC), ref.diagonal(), atol=1e-10)
+    np.testing.assert_allclose(ntk_diagonal(net, xc).cpu(), ref.diagonal(), atol=1e-10)
 
 
 @pytest.mark.parametrize("budget", [1, 3_000, 20_000, 10**9])
@@ -237,15 +241,29 @@ def test_uneven_blocking_covers_every_pair_once(budget):
     np.testing.assert_allclose(empirical_ntk(net, xs[:5], xs, memory_budget=budget), ref[:5], atol=1e-10)
 
 
-def test_projection_with_every_coordinate_kept_is_exact():
+def test_projection_with_every_coordinate_kept_is_exact(device):
     # k = m (the padded length) keeps every coordinate of an orthogonal transform: the kernel is exact
-    net = SmallCNN().double()
+    net, xc = SmallCNN().double().to(device), XC.to(device)
     n_params = sum(p.numel() for p in net.parameters())
     m = 1 << (n_params - 1).bit_length()
-    f = projected_gradients(net, XC, m, seed=2)
-    np.testing.assert_allclose(kernel_from_features(f), reference_ntk(net, XC, XC), atol=1e-9)
-    sub = subsampled_gradients(net, XC, k=10**6)
-    np.testing.assert_allclose(kernel_from_features(sub), reference_ntk(net, XC, XC), atol=1e-10)
+    ref = reference_ntk(net, xc, xc).cpu()
+    f = projected_gradients(net, xc, m, seed=2)
+    assert f.device == xc.device
+    np.testing.assert_allclose(kernel_from_features(f).cpu(), ref, atol=1e-9)
+    sub = subsampled_gradients(net, xc, k=10**6)
+    np.testing.assert_allclose(kernel_from_features(sub).cpu(), ref, atol=1e-10)
+
+
+def test_projections_and_subsets_are_the_same_on_every_device(device):
+    """The projection and the parameter subset are drawn on the CPU from the seed: the features on any
+    device equal the CPU's up to float64 rounding (so train and test features computed on different
+    machines share them)."""
+    net = SmallCNN().double()
+    cpu_p = projected_gradients(net, XC, 64, seed=4)
+    cpu_s = subsampled_gradients(net, XC, k=50, seed=4)
+    net, xc = net.to(device), XC.to(device)
+    np.testing.assert_allclose(projected_gradients(net, xc, 64, seed=4).cpu(), cpu_p, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(subsampled_gradients(net, xc, k=50, seed=4).cpu(), cpu_s, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("penalty", [0, 10**12])
@@ -284,3 +302,110 @@ def test_a_layer_vmap_cannot_batch_falls_back_to_one_example_at_a_time():
     x = torch.randn(4, 6, 3, dtype=torch.float64)
     got = empirical_ntk(model, x, output="trace")
     torch.testing.assert_close(got, reference_ntk(model, x, x), rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- precision and the memory budget
+
+# Tolerances of a float32 kernel against the float64 reference, relative to max |K|. On the CPU: float32's
+# unit roundoff is 2⁻²⁴ ≈ 6e-8 and a kernel entry is a sum of a few hundred products of gradients that
+# each went through ~6 layers forward and back, so random-sign rounding leaves ~1e-7 (measured 1–2e-7 here
+# and on the 982k-parameter CNN of benchmarks/bench_entk.py); 1e-5 leaves a margin of 50 and still catches a
+# half-precision or TF32 contraction (≥ 5e-4). On CUDA, cuDNN's convolution algorithms left every float32
+# kernel 2e-4 off the float64 one even with TF32 off (measured on an H200, issue 17): 1e-3 there.
+FLOAT32_TOL = {"cpu": 1e-5, "cuda": 1e-3}
+FLOAT64_TOL = 1e-12  # the same arithmetic in float64: rounding of ~1e-16 summed over a few hundred terms
+
+
+def max_rel(k: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((k.double().cpu() - ref.cpu()).abs().max() / ref.abs().max())
+
+
+def test_float32_and_float64_precision_against_a_float64_jacobian_reference(device):
+    """A float32 model (as users load them): precision="float64" runs a converted copy and contracts in
+    float64, precision="float32" runs it as it is; both against the float64 per-sample-Jacobian route."""
+    torch.manual_seed(0)
+    net = SmallCNN().to(device)  # float32 weights
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    xc, xc2 = XC.float().to(device), XC2.float().to(device)
+    ref = empirical_ntk(net, xc, method="jacobian", precision="float64")
+    ref_cross = empirical_ntk(net, xc, xc2, method="jacobian", precision="float64")
+    assert ref.dtype == torch.float64 and ref.device == xc.device
+    k32 = empirical_ntk(net, xc, precision="float32")
+    k64 = empirical_ntk(net, xc, precision="float64")
+    assert k32.dtype == torch.float32 and k64.dtype == torch.float64
+    assert empirical_ntk(net, xc).dtype == torch.float32  # None: the model's own float32
+    err32, err64 = max_rel(k32, ref), max_rel(k64, ref)
+    assert err64 < FLOAT64_TOL
+    assert err32 < FLOAT32_TOL[torch.device(device).type]
+    assert err32 > err64  # float32 is measurably coarser: the comparison is not vacuous
+    assert max_rel(empirical_ntk(net, xc, xc2, precision="float64"), ref_cross) < FLOAT64_TOL
+    diag = ntk_diagonal(net, xc, precision="float64")
+    assert diag.dtype == torch.float64 and max_rel(diag, ref.diagonal()) < FLOAT64_TOL
+    # the other kernels take it too
+    assert projected_gradients(net, xc, 16, precision="float64").dtype == torch.float64
+    assert subsampled_gradients(net, xc, k=20, precision="float64").dtype == torch.float64
+    assert conjugate_kernel(net, xc, precision="float64").dtype == torch.float64
+    # the user's model is never converted in place
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_at_precision_copies_only_when_the_dtype_differs():
+    net64 = mlp()  # float64
+    assert kernels.at_precision(net64, "float64") is net64
+    assert kernels.at_precision(net64, None) is net64  # None keeps a float64 model's dtype
+    as32 = kernels.at_precision(net64, "float32")
+    assert as32 is not net64 and all(p.dtype == torch.float32 for p in as32.parameters())
+    assert all(p.dtype == torch.float64 for p in net64.parameters())
+    half = nn.Linear(3, 2).half()
+    assert kernels.resolve_precision(half, None) == torch.float32  # never contracted in float16
+    up = kernels.at_precision(half, None)
+    assert up.weight.dtype == torch.float32 and half.weight.dtype == torch.float16
+    bn = nn.BatchNorm1d(3)
+    assert kernels.at_precision(bn, "float64").num_batches_tracked.dtype == torch.int64  # ints stay
+    tied = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    tied[1].weight = tied[0].weight
+    copy64 = kernels.at_precision(tied, "float64")
+    assert copy64[1].weight is copy64[0].weight  # a tie survives the copy
+    with pytest.raises(ValueError, match="precision must be one of 'float32', 'float64'"):
+        empirical_ntk(net64, X, precision="float16")
+    ids = torch.tensor([[1, 2]])
+    assert kernels.cast_inputs(ids, torch.float64) is ids  # integer inputs (token ids) are not cast
+
+
+def test_the_default_budget_comes_from_the_device(monkeypatch):
+    assert kernels.default_budget("cpu") == kernels.DEFAULT_BUDGET == 1 << 30
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 6 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    # free memory plus what the caching allocator holds unused, a quarter of it
+    assert kernels.default_budget("cuda:0") == (40 + 4) * gib // 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 << 20, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    assert kernels.default_budget(torch.device("cuda")) == kernels.MIN_BUDGET  # never below the floor
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_default_budget_of_a_real_gpu_is_a_share_of_its_memory():
+    _free, total = torch.cuda.mem_get_info()
+    assert kernels.MIN_BUDGET <= kernels.default_budget("cuda") <= total
+
+
+def test_float32_kernels_switch_tf32_off_on_cuda_only_and_restore_it():
+    before = torch.get_float32_matmul_precision()
+    conv = torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_float32_matmul_precision("high")  # TF32 allowed, as a user may have set it
+        torch.backends.cudnn.allow_tf32 = True
+        with kernels.ieee_float32("cpu"):
+            assert torch.get_float32_matmul_precision() == "high"  # the CPU has no TF32: untouched
+        with kernels.ieee_float32("cuda:0"):
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.set_float32_matmul_precision(before)
+        torch.backends.cudnn.allow_tf32 = conv

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -67,9 +68,10 @@ def assert_each_exactly_once(config: Path, env, n: int) -> dict[int, list[dict]]
 
 
 @pytest.mark.slow  # real `audit run` processes and worker pools
-def test_local_pool_runs_200_jobs_each_exactly_once_and_a_rerun_reuses_them(tmp_path, chaos_env):
+def test_local_pool_runs_200_jobs_each_exactly_once_and_a_rerun_reuses_them(tmp_path, chaos_env, device):
     config = chaos_project(tmp_path / "p", ["ok"] * N_LOAD)
-    ran = run_audit("run", "--config", str(config), "--workers", "2", env=chaos_env)
+    # on CUDA the pool's two workers both take the one GPU (--workers cycles the visible GPUs)
+    ran = run_audit("run", "--config", str(config), "--workers", "2", "--device", str(device), env=chaos_env)
     assert ran.returncode == 0, ran.stderr
     assert f"{N_LOAD} computed, 0 reused" in ran.stderr and "via local" in ran.stderr
     by = assert_each_exactly_once(config, chaos_env, N_LOAD)
@@ -94,10 +96,10 @@ def test_ray_runs_200_jobs_each_exactly_once(tmp_path, chaos_env):
 
 
 @pytest.mark.slow  # real `audit run` processes and worker pools
-def test_a_worker_killed_mid_job_is_retried_and_one_that_keeps_dying_is_recorded(tmp_path, chaos_env):
+def test_a_worker_killed_mid_job_is_retried_and_one_that_keeps_dying_is_recorded(tmp_path, chaos_env, device):
     modes = ["ok", "kill_once", "ok", "kill_always", "raise", "ok"]
     config = chaos_project(tmp_path / "p", modes)
-    ran = run_audit("run", "--config", str(config), "--workers", "2", env=chaos_env)
+    ran = run_audit("run", "--config", str(config), "--workers", "2", "--device", str(device), env=chaos_env)
     assert ran.returncode == 1  # a job recorded an error; every other job still ran
     assert "retry" in ran.stderr and "SIGKILL" in ran.stderr
     by = results_by_key(config, chaos_env)
@@ -127,9 +129,9 @@ def test_ray_retries_a_killed_worker(tmp_path, chaos_env):
 
 
 @pytest.mark.slow  # real `audit run` processes and worker pools
-def test_out_of_memory_retries_with_a_smaller_batch(tmp_path, chaos_env):
+def test_out_of_memory_retries_with_a_smaller_batch(tmp_path, chaos_env, device):
     config = chaos_project(tmp_path / "p", ["oom", "ok"])
-    ran = run_audit("run", "--config", str(config), "--workers", "1", env=chaos_env)
+    ran = run_audit("run", "--config", str(config), "--workers", "1", "--device", str(device), env=chaos_env)
     assert ran.returncode == 0, ran.stderr
     by = assert_each_exactly_once(config, chaos_env, 2)
     assert by[0][0]["bs"] == 8.0  # 64 → 32 → 16 → 8
@@ -182,6 +184,45 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+# --------------------------------------------------------------------------------- devices of a pool
+
+
+class _RecordingPool:
+    """Stands in for the local executor's process pool: records the devices it was given."""
+
+    seen: ClassVar[list[list[str]]] = []
+
+    def __init__(self, devices, threads, max_retries, events):
+        self.devices = devices
+
+    def run(self, specs):
+        _RecordingPool.seen.append(list(self.devices))
+
+
+@pytest.mark.parametrize(
+    ("driver", "gpus", "workers", "expected"),
+    [
+        ("cuda", 3, 0, ["cuda:0", "cuda:1", "cuda:2"]),  # one worker per visible GPU
+        ("cuda:1", 3, 0, ["cuda:1"]),  # --device cuda:N: that GPU alone
+        ("cuda", 2, 3, ["cuda:0", "cuda:1", "cuda:0"]),  # --workers cycles the GPUs
+        ("cpu", 3, 2, ["cpu", "cpu"]),  # a CPU run ignores the GPUs
+    ],
+)
+def test_the_local_pool_puts_one_worker_on_each_visible_gpu(monkeypatch, driver, gpus, workers, expected):
+    import torch
+
+    from audit.run import executors
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(executors, "_Pool", _RecordingPool)
+    _RecordingPool.seen = []
+    local = executors.LocalExecutor()
+    options = local.validate_options({"workers": workers})
+    info = executors.DriverInfo(torch.device(driver), None)
+    local.run([object()] * 4, None, options, info)
+    assert _RecordingPool.seen == [expected]
 
 
 # ------------------------------------------------------------------------------------------ bad input

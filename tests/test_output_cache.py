@@ -49,12 +49,14 @@ def dataset_handle(d: sources.ArrayData) -> DatasetHandle:
     return DatasetHandle(d.name, d.fingerprint, d.n, d.task, d.targets is not None, d.batches)
 
 
-def model_handle(name: str, fp: str, module: torch.nn.Module | None, loads: list[str]) -> ModelHandle:
+def model_handle(
+    name: str, fp: str, module: torch.nn.Module | None, loads: list[str], device: torch.device | str = CPU
+) -> ModelHandle:
     def loader() -> torch.nn.Module:
         loads.append(name)
         if module is None:
             raise AssertionError(f"model {name} must not be loaded")
-        return module
+        return module.to(device)
 
     return ModelHandle(name, fp, loader)
 
@@ -168,7 +170,7 @@ def test_migration_applies_on_a_catalog_of_the_previous_schema(tmp_path, monkeyp
 # ------------------------------------------------------------------ context
 
 
-def test_context_without_a_cache_computes_every_time():
+def test_context_without_a_cache_computes_every_time(device):
     class TupleOut(torch.nn.Module):  # (n, 2, 3) output inside a tuple: flattened to (n, 6)
         def forward(self, x):
             return (x[:, :6].reshape(-1, 2, 3) * 2.0, x)
@@ -186,13 +188,15 @@ def test_context_without_a_cache_computes_every_time():
             self.entry[2] += n
 
     model = mlp(0)
-    ctx = Context([], [], CPU, seed=0, progress_factory=Bar)
-    handle = model_handle("a", "fpa", model, loads)
-    out, y = ctx.model_outputs(handle, dataset_handle(d), batch_size=32)
     with torch.no_grad():
-        expected = model(torch.from_numpy(np.asarray(d.inputs))).numpy()
+        expected = model(torch.from_numpy(np.asarray(d.inputs))).numpy()  # on the CPU
+    ctx = Context([], [], torch.device(device), seed=0, progress_factory=Bar)
+    handle = model_handle("a", "fpa", model, loads, device)
+    out, y = ctx.model_outputs(handle, dataset_handle(d), batch_size=32)
     assert out.dtype == np.float32 and out.shape == (70, 3)
-    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    # float32 against the CPU's float32: sums of 8 and 16 products of O(1) values, rounded differently by
+    # cuBLAS: at most ~24 · 2⁻²⁴ ≈ 1.5e-6 apart
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(y, d.targets)
     again, _ = ctx.model_outputs(handle, dataset_handle(d), batch_size=32)
     np.testing.assert_array_equal(again, out)
@@ -200,18 +204,21 @@ def test_context_without_a_cache_computes_every_time():
     assert steps[0][:2] == [70, "outputs a on data0"] and all(s[2] == 70 for s in steps)
 
     flat, none = ctx.model_outputs(
-        model_handle("t", "fpt", TupleOut(), loads), dataset_handle(data(1, targets=False))
+        model_handle("t", "fpt", TupleOut(), loads, device), dataset_handle(data(1, targets=False))
     )
     assert flat.shape == (70, 6) and none is None
     np.testing.assert_allclose(flat, np.asarray(data(1).inputs)[:, :6] * 2.0)
 
 
-def test_a_cache_hit_is_bit_exact_and_does_not_load_the_model(tmp_path):
+def test_a_cache_hit_is_bit_exact_and_does_not_load_the_model(tmp_path, device):
     cat = Catalog(tmp_path / "c.duckdb")
     d, other = data(0, n=70), data(1, n=70)
     loads: list[str] = []
-    first = Context([], [], CPU, seed=0, output_cache=CatalogOutputCache(cat))
-    out, y = first.model_outputs(model_handle("a", "fpa", mlp(0), loads), dataset_handle(d), batch_size=16)
+    # computed on the device, served to a CPU job: the key holds no device (see Context.model_outputs)
+    first = Context([], [], torch.device(device), seed=0, output_cache=CatalogOutputCache(cat))
+    out, y = first.model_outputs(
+        model_handle("a", "fpa", mlp(0), loads, device), dataset_handle(d), batch_size=16
+    )
     assert (first.output_cache_hits, first.output_cache_misses) == (0, 1) and loads == ["a"]
 
     second = Context([], [], CPU, seed=1, output_cache=CatalogOutputCache(cat))  # another job
@@ -233,13 +240,13 @@ def test_a_cache_hit_is_bit_exact_and_does_not_load_the_model(tmp_path):
     assert cat.query("select count(*) from model_outputs")[1] == [(3,)]
 
 
-def test_refresh_recomputes_once_and_replaces(tmp_path):
+def test_refresh_recomputes_once_and_replaces(tmp_path, device):
     cat = Catalog(tmp_path / "c.duckdb")
     d, loads = dataset_handle(data(0)), []
     cat.store_outputs("fpa", d.fingerprint, OUTPUTS_KIND, np.zeros((d.n, 3), np.float32))  # a stale row
     cache = CatalogOutputCache(cat, refresh=True)
-    ctx = Context([], [], CPU, seed=0, output_cache=cache)
-    out, _ = ctx.model_outputs(model_handle("a", "fpa", mlp(0), loads), d)
+    ctx = Context([], [], torch.device(device), seed=0, output_cache=cache)
+    out, _ = ctx.model_outputs(model_handle("a", "fpa", mlp(0), loads, device), d)
     assert loads == ["a"] and np.abs(out).sum() > 0
     later = Context([], [], CPU, seed=0, output_cache=cache)  # a later job of the same --force run
     again, _ = later.model_outputs(model_handle("a", "fpa", None, loads), d)
@@ -307,9 +314,9 @@ def write_config(root, entries: list[list[str]]):
     return config, plan(config, probes)
 
 
-def run_jobs(root, entries, force=False, executor=None):
+def run_jobs(root, entries, force=False, executor=None, device=CPU):
     config, jobs = write_config(root, entries)
-    runner = Runner(config, Catalog(root / "c.duckdb"), CPU, force=force)
+    runner = Runner(config, Catalog(root / "c.duckdb"), torch.device(device), force=force)
     summary = runner.run(jobs, ["audit", "run"], executor=executor)
     assert [o.status for o in summary.outcomes] == ["ok"] * len(jobs), [o.error for o in summary.outcomes]
     by_result: list[dict] = []
@@ -321,7 +328,7 @@ def run_jobs(root, entries, force=False, executor=None):
     return by_result
 
 
-def test_a_job_with_one_more_model_reuses_the_others_outputs(project, monkeypatch):
+def test_a_job_with_one_more_model_reuses_the_others_outputs(project, monkeypatch, device):
     loads: list[str] = []
     real_load = sources.load_model
 
@@ -331,7 +338,7 @@ def test_a_job_with_one_more_model_reuses_the_others_outputs(project, monkeypatc
 
     monkeypatch.setattr(sources, "load_model", counting_load)
 
-    (first,) = run_jobs(project, [["ref_a", "ref_b"]])
+    (first,) = run_jobs(project, [["ref_a", "ref_b"]], device=device)
     # models the catalog has never seen run are built once by the driver before the run starts (an input
     # error must leave no trace), then once by the job
     assert sorted(loads) == ["ref_a", "ref_a", "ref_b", "ref_b"]
@@ -339,7 +346,7 @@ def test_a_job_with_one_more_model_reuses_the_others_outputs(project, monkeypatc
 
     # the candidate joins the ensemble: a new job (new cache key), but only the candidate runs
     loads.clear()
-    (second,) = run_jobs(project, [["ref_a", "ref_b", "cand"]])
+    (second,) = run_jobs(project, [["ref_a", "ref_b", "cand"]], device=device)
     assert loads == ["cand", "cand"]  # the driver's check of the new model, then the job; ref_a/ref_b: never
     assert (second["hits", None], second["misses", None]) == (2, 1)
     assert second["loaded", "ref_a"] == second["loaded", "ref_b"] == 0.0 and second["loaded", "cand"] == 1.0
@@ -349,7 +356,7 @@ def test_a_job_with_one_more_model_reuses_the_others_outputs(project, monkeypatc
 
     # --force: the stored outputs are not read; each model runs once in the run, later jobs reuse it
     loads.clear()
-    forced = run_jobs(project, [["ref_a", "ref_b"], ["ref_a", "ref_b", "cand"]], force=True)
+    forced = run_jobs(project, [["ref_a", "ref_b"], ["ref_a", "ref_b", "cand"]], force=True, device=device)
     assert sorted(loads) == ["cand", "ref_a", "ref_b"]
     assert [(r["hits", None], r["misses", None]) for r in forced] == [(0, 2), (2, 1)]
     assert forced[1]["output_sum", "cand"] == second["output_sum", "cand"]
@@ -376,7 +383,7 @@ class SeparateWorker(Executor):
             events.finished(execute(spec, state))
 
 
-def test_a_worker_reads_cached_outputs_and_sends_new_ones_to_the_driver(project, monkeypatch):
+def test_a_worker_reads_cached_outputs_and_sends_new_ones_to_the_driver(project, monkeypatch, device):
     loads: list[str] = []
     real_load = sources.load_model
     monkeypatch.setattr(
@@ -386,12 +393,12 @@ def test_a_worker_reads_cached_outputs_and_sends_new_ones_to_the_driver(project,
     )
 
     executor = SeparateWorker()
-    (first,) = run_jobs(project, [["ref_a", "ref_b"]], executor=executor)
+    (first,) = run_jobs(project, [["ref_a", "ref_b"]], executor=executor, device=device)
     assert (first["hits", None], first["misses", None]) == (0, 2)
     _, rows = Catalog(project / "c.duckdb").query("select count(*) from model_outputs")
     assert rows == [(2,)]  # stored by the driver from the report
     loads.clear()
-    (second,) = run_jobs(project, [["ref_a", "ref_b", "cand"]], executor=executor)
+    (second,) = run_jobs(project, [["ref_a", "ref_b", "cand"]], executor=executor, device=device)
     assert executor.sent == [0, 2]  # the second job carried the two stored outputs; the worker opened nothing
     assert loads == ["cand", "cand"] and (second["hits", None], second["misses", None]) == (2, 1)
     for m in ("ref_a", "ref_b"):

@@ -32,17 +32,17 @@ class Fixed(nn.Module):
 def dataset(y: np.ndarray) -> DatasetHandle:
     idx = np.arange(len(y))
 
-    def batches(bs, device):
+    def batches(bs, device):  # onto the job's device, as the runner's datasets do
         for s in range(0, len(y), bs):
-            yield torch.from_numpy(idx[s : s + bs]), torch.from_numpy(y[s : s + bs])
+            yield torch.from_numpy(idx[s : s + bs]).to(device), torch.from_numpy(y[s : s + bs]).to(device)
 
     return DatasetHandle("test", "fp-test", len(y), "classification", True, batches)
 
 
-def run_probe(tables: dict[str, np.ndarray], y: np.ndarray, **params):
-    handles = [ModelHandle(name, f"fp-{name}", (lambda t=t: Fixed(t))) for name, t in tables.items()]
+def run_probe(tables: dict[str, np.ndarray], y: np.ndarray, device="cpu", **params):
+    handles = [ModelHandle(name, f"fp-{name}", (lambda t=t: Fixed(t).to(device))) for name, t in tables.items()]
     probe = TrimmedKSProbe()
-    ctx = Context(handles, [dataset(y)], torch.device("cpu"), seed=0)
+    ctx = Context(handles, [dataset(y)], torch.device(device), seed=0)
     return probe.run(ctx, probe.validate_params(params))
 
 
@@ -60,7 +60,7 @@ def binary_ensemble(rng, n=2000, members=8):
     return signal, y, tables
 
 
-def test_sibling_passes_and_contaminated_candidate_is_trimmed_by_its_contamination():
+def test_sibling_passes_and_contaminated_candidate_is_trimmed_by_its_contamination(device):
     rng = np.random.default_rng(0)
     signal, y, tables = binary_ensemble(rng)
     n = len(y)
@@ -69,7 +69,7 @@ def test_sibling_passes_and_contaminated_candidate_is_trimmed_by_its_contaminati
     hit = rng.random(n) < 0.3
     bad[hit] += 6.0  # 30 % of its behaviour pushed far out: extra mass the reference does not have
     tables["cand_shifted"] = np.stack([np.zeros(n), bad], 1)
-    result = run_probe(tables, y, reference="seed/*")
+    result = run_probe(tables, y, device, reference="seed/*")
     a = values(result, "alpha_hat")
     assert set(a) == {*(f"seed/{i}" for i in range(8)), "cand_sibling", "cand_shifted"}
     assert a["cand_sibling"] <= 0.05
@@ -86,24 +86,24 @@ def test_sibling_passes_and_contaminated_candidate_is_trimmed_by_its_contaminati
     assert dalpha.trimmed_ks_distance(x, a["cand_shifted"], ref) == pytest.approx(c, abs=1e-9)
 
 
-def test_the_candidate_is_never_in_its_own_reference():
+def test_the_candidate_is_never_in_its_own_reference(device):
     # identical copies of one candidate in the reference would make it pass; leave-one-out must not
     rng = np.random.default_rng(1)
     _, y, tables = binary_ensemble(rng, n=600, members=3)
     odd = np.stack([np.zeros(600), 10 + rng.normal(size=600)], 1)
     tables["seed/odd"] = odd  # a reference member unlike its siblings
-    result = run_probe(tables, y, reference="seed/*", split="same")
+    result = run_probe(tables, y, device, reference="seed/*", split="same")
     assert values(result, "alpha_hat")["seed/odd"] > 0.5
     assert result.arrays["seed/odd:scores"].shape == (600,)  # split = same: every example on both sides
 
 
-def test_companions_match_direct_computation():
+def test_companions_match_direct_computation(device):
     rng = np.random.default_rng(2)
     n, c = 500, 4
     y = rng.integers(0, c, n)
     tables = {f"seed/{i}": rng.normal(size=(n, c)) + 2 * np.eye(c)[y] for i in range(5)}
     tables["cand"] = rng.normal(size=(n, c)) + 2 * np.eye(c)[y]
-    result = run_probe(tables, y, reference="seed/*", leave_one_out=False)
+    result = run_probe(tables, y, device, reference="seed/*", leave_one_out=False)
     pred = tables["cand"].argmax(1)
     refs = [tables[f"seed/{i}"] for i in range(5)]
     churns = [np.mean(pred != r.argmax(1)) for r in refs]

@@ -69,9 +69,8 @@ def collect(
             local = torch.from_numpy(keep[lo:hi] - start).to(emb.device)
             rows.append(emb.index_select(0, local).double().cpu().numpy())
             if y is not None:
-                ys.append(
-                    y.reshape(y.shape[0], -1)[local.cpu()].cpu().numpy().reshape(hi - lo, -1).squeeze(1)
-                )
+                rows_y = y.reshape(y.shape[0], -1).index_select(0, local.to(y.device))
+                ys.append(rows_y.cpu().numpy().reshape(hi - lo, -1).squeeze(1))
         lo, start = hi, stop
     if start != n:
         raise ProbeInputError(f"the dataset yielded {start} rows, expected {n}")

@@ -139,9 +139,9 @@ class PolynomialEmulator(nn.Module):
 
     def features(self, theta: torch.Tensor) -> torch.Tensor:
         z = self.standardise(theta)
-        return torch.stack(
-            [torch.prod(z ** torch.tensor(e, dtype=z.dtype), dim=1) for e in self.exponents], 1
-        )
+        # the exponents on z's device and in its dtype: a CPU tensor here fails on CUDA inputs
+        powers = torch.tensor(self.exponents, dtype=z.dtype, device=z.device)  # (monomials, parameters)
+        return torch.prod(z[:, None, :] ** powers[None, :, :], dim=2)
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(theta))

@@ -132,7 +132,7 @@ def train(
         if spec.batch is None:
             xb, yb = x, y
         else:
-            idx = torch.randint(0, n, (spec.batch,), generator=g)
+            idx = torch.randint(0, n, (spec.batch,), generator=g).to(x.device)  # drawn on the CPU: seeded alike
             xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
         loss = 0.5 * ((model(xb) - yb) ** 2).mean()
@@ -220,12 +220,12 @@ def run_experiment(
     """
     x, y, beta = teacher_student_data(n, d, tau=tau, noise=noise, seed=seed)
     model = TwoLayer(d, h, seed=seed + 1)
-    w0 = model.hidden.weight.detach().double().numpy().copy()
+    w0 = model.hidden.weight.detach().double().cpu().numpy().copy()
     out = {}
     for name in OPTIMIZERS:
         trained = train(model, x, y, name, steps, seed=seed + 2, progress=progress)
         if progress is not None:
             progress(f"{name}: spectrum and statistics")
-        w = trained.hidden.weight.detach().double().numpy()
-        out[name] = forensic_statistics(w0, w, beta.double().numpy())
+        w = trained.hidden.weight.detach().double().cpu().numpy()
+        out[name] = forensic_statistics(w0, w, beta.double().cpu().numpy())
     return out

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from model_audit_probes.entk import kernels
 
 MODES = ("exact", "projected", "subsampled")
+PRECISIONS = ("float32", "float64")  # the keys of kernels.PRECISIONS (tests/test_entk_probe.py checks)
 
 
 def _parse_output(value: str) -> kernels.Output:
@@ -38,8 +39,9 @@ def _parse_output(value: str) -> kernels.Output:
 class ENTKProbe(Probe):
     name = "entk"
     # 0.2.1: the kernels are exact on models that write layer outputs in place (ReLU(inplace=True),
-    # `out += identity`); 0.2.0 results of such models were wrong, and the version keys the result cache
-    version = "0.2.1"
+    # `out += identity`); 0.2.0 results of such models were wrong, and the version keys the result cache.
+    # 0.3.0: `precision` (float32/float64); `memory_budget_mb = 0` (the default) sizes it from the device.
+    version = "0.3.0"
     description = (
         "Empirical NTK (trace/single-output/pNTK; exact with dense-layer factorisation, projected or "
         "parameter-subsampled), conjugate kernel and weight spectra (Marchenko–Pastur edge, spikes, tail "
@@ -62,7 +64,22 @@ class ENTKProbe(Probe):
         Param(
             "attribution_top_k", int, 5, "training points attributed to each of the first test points", min=0
         ),
-        Param("memory_budget_mb", int, 1024, "memory for the per-sample gradients alive at once", min=16),
+        Param(
+            "memory_budget_mb",
+            int,
+            0,
+            "memory for the per-sample gradients alive at once; 0: from the device (CUDA: a quarter of its "
+            "free memory; CPU: 1024)",
+            min=0,
+        ),
+        Param(
+            "precision",
+            str,
+            "float32",
+            "dtype the model runs in and the Jacobians are contracted in for the kernels (float64: a converted "
+            "copy of the model; the network's own outputs stay as loaded)",
+            choices=PRECISIONS,
+        ),
     )
     needs = Needs(models=(1, 1), datasets=(1, 3))
     key_metrics = (
@@ -101,10 +118,13 @@ class ENTKProbe(Probe):
 
         with torch.no_grad():
             logits = model(x_all).reshape(x_all.shape[0], -1).double()
-        k_all = self._kernel(model, x_all, output, params, ctx.seed).double()
+        # the kernels' model: the loaded one, or one converted copy of it for both kernels (never in place)
+        kernel_model = kernels.at_precision(model, params["precision"])
+        k_all = self._kernel(kernel_model, x_all, output, params, ctx.seed).double()
         bar.advance(1)
-        ck = kernels.conjugate_kernel(model, x_all).double()
+        ck = kernels.conjugate_kernel(kernel_model, x_all, precision=params["precision"]).double()
         bar.advance(1)
+        del kernel_model
 
         train = slice(0, sizes[0])
         y_train = ys[0]
@@ -148,17 +168,14 @@ class ENTKProbe(Probe):
     def _kernel(model, x, output, params, seed) -> torch.Tensor:
         from model_audit_probes.entk import kernels
 
-        budget = params["memory_budget_mb"] << 20
+        budget = (params["memory_budget_mb"] << 20) or None  # None: kernels.default_budget(x.device)
+        common = {"output": output, "memory_budget": budget, "precision": params["precision"]}
         if params["mode"] == "exact":
-            return kernels.empirical_ntk(model, x, output=output, memory_budget=budget)
+            return kernels.empirical_ntk(model, x, **common)
         if params["mode"] == "projected":
-            f = kernels.projected_gradients(
-                model, x, params["projection_dim"], seed=seed, output=output, memory_budget=budget
-            )
+            f = kernels.projected_gradients(model, x, params["projection_dim"], seed=seed, **common)
         else:
-            f = kernels.subsampled_gradients(
-                model, x, params["subsample_params"], seed=seed, output=output, memory_budget=budget
-            )
+            f = kernels.subsampled_gradients(model, x, params["subsample_params"], seed=seed, **common)
         return kernels.kernel_from_features(f)
 
     @staticmethod
