@@ -162,3 +162,61 @@ def test_a_result_missing_metric_rows_is_not_a_cached_success(tmp_path):
         con.execute("delete from metric_values where result_id = ?", [rid])
     assert cat.cached_results(["k"]) == {} and cat.cached_result("k") is None
     assert cat.query("select n_metrics, n_arrays from results")[1] == [(1, 0)]
+
+
+def _older_catalog(path, monkeypatch) -> None:
+    """A catalog written by the model-audit before migration 3 (two results), then this version's code back."""
+    monkeypatch.setattr(audit.catalog.store, "MIGRATIONS", MIGRATIONS[: VERSION - 1])
+    monkeypatch.setattr(audit.catalog.store, "_RESULT_COLUMNS", audit.catalog.store._RESULT_COLUMNS[:16])
+    monkeypatch.setattr(audit.catalog.store, "_COMPLETE", "status = 'ok'")
+    old = Catalog(path)
+    run = old.start_run({})
+    defaults = installed_probes()["cka"].validate_params({})  # what a gate with no [[probes]] entry reads
+    old.record_result(_result(run, "k1", defaults, 0.5))
+    old.record_result(_result(run, "k2", {**defaults, "batch_size": 8}, 0.7))
+    monkeypatch.undo()
+
+
+def test_read_only_commands_upgrade_an_older_catalog_first(tmp_path, monkeypatch):
+    """`audit gate`, `audit query` and the report only read — but they read columns migration 3 added: an
+    older catalog is upgraded once (additively) instead of failing on a missing column."""
+    from conftest import audit_cli
+
+    path = tmp_path / "c.duckdb"
+    _older_catalog(path, monkeypatch)
+    r = audit_cli("query", "--catalog", str(path), "select count(distinct params_fingerprint) as n from metrics")
+    assert r.returncode == 0, r.stderr
+    assert "2" in r.stdout and "Traceback" not in r.stderr
+    cat = Catalog(path)
+    assert cat.query("select max(version) from schema_migrations")[1] == [(len(MIGRATIONS),)]
+    _config(tmp_path, "", '[[gates]]\nprobe = "cka"\nmetric = "accuracy"\nmodel = "m"\ndataset = "d"\nmin = 0.4')
+    gate = audit_cli("gate", "--config", str(tmp_path / "audit.toml"), "--catalog", str(path))
+    assert gate.returncode == 0 and "Traceback" not in gate.stderr, gate.stdout + gate.stderr
+
+
+def test_a_database_that_is_no_catalog_is_refused_untouched(tmp_path):
+    import duckdb
+
+    from conftest import audit_cli
+
+    path = tmp_path / "other.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("create table sales (x integer)")
+    r = audit_cli("query", "--catalog", str(path), "select 1")
+    assert r.returncode == 2 and r.stderr.strip().endswith("is not a model-audit catalog (no schema_migrations table)")
+    assert len(r.stderr.strip().splitlines()) == 1
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert [t for (t,) in con.execute("show tables").fetchall()] == ["sales"]  # nothing was added
+
+
+def test_a_newer_catalog_is_one_line_from_read_only_commands(tmp_path):
+    from conftest import audit_cli
+
+    path = tmp_path / "c.duckdb"
+    Catalog(path).start_run({})
+    import duckdb
+
+    with duckdb.connect(str(path)) as con:
+        con.execute("insert into schema_migrations values (999, 'future', now())")
+    r = audit_cli("query", "--catalog", str(path), "select 1")
+    assert r.returncode == 2 and "newer than this model-audit knows" in r.stderr and "Traceback" not in r.stderr

@@ -128,7 +128,7 @@ class Catalog:
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection with file-system access disabled (no COPY TO, no ATTACH)."""
-        con = self._connect(read_only=True)
+        con = self._read_only(file_access=False)
         try:
             with self._damage_is_a_usage_error():
                 yield con
@@ -138,12 +138,46 @@ class Catalog:
     @contextmanager
     def exporter(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection that may write files (COPY … TO): `audit catalog export`, never user SQL."""
-        con = self._connect(read_only=True, file_access=True)
+        con = self._read_only(file_access=True)
         try:
             with self._damage_is_a_usage_error():
                 yield con
         finally:
             con.close()
+
+    def _read_only(self, file_access: bool) -> duckdb.DuckDBPyConnection:
+        """A read-only connection to a catalog at this model-audit's schema.
+
+        Every reader (gates, the report, `audit query`) reads columns the latest migration added; a catalog
+        written by an older model-audit is upgraded first, once, through a writer (migrations are additive:
+        nothing is rewritten or lost). A catalog that cannot be opened for writing to upgrade it (a read-only
+        file system, another writer holding it past --wait) is one clear line, not a missing-column error.
+        """
+        con = self._connect(read_only=True, file_access=file_access)
+        with self._damage_is_a_usage_error():
+            version = _schema_version(con)
+        if version == len(MIGRATIONS):
+            return con
+        con.close()
+        if version == 0:  # never written by model-audit: another DuckDB database, not ours to alter
+            raise UsageError(f"{self.path} is not a model-audit catalog (no schema_migrations table)")
+        if version > len(MIGRATIONS):
+            raise UsageError(
+                f"catalog {self.path} has schema version {version}, newer than this model-audit knows "
+                f"({len(MIGRATIONS)}); upgrade model-audit to read it"
+            )
+        try:
+            with self.writer():
+                pass
+        except CatalogBusyError:
+            raise
+        except (OSError, UsageError, duckdb.Error) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UsageError(
+                f"catalog {self.path} was written by an older model-audit (schema version {version} of "
+                f"{len(MIGRATIONS)}) and could not be upgraded ({first}); open it once where it is writable"
+            ) from None
+        return self._connect(read_only=True, file_access=file_access)
 
     @contextmanager
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -559,6 +593,16 @@ class CatalogOutputCache:
     def put(self, model_fp: str, dataset_fp: str, kind: str, array: np.ndarray) -> None:
         self.catalog.store_outputs(model_fp, dataset_fp, kind, array, replace=self.refresh)
         self._fresh.add((model_fp, dataset_fp, kind))
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The catalog's applied schema version; 0 for a file no model-audit has written yet."""
+    found = con.execute(
+        "select count(*) from information_schema.tables where table_name = 'schema_migrations'"
+    ).fetchone()[0]
+    if not found:
+        return 0
+    return con.execute("select coalesce(max(version), 0) from schema_migrations").fetchone()[0]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
