@@ -8,6 +8,10 @@ only ``audit``:
 and a plugin that draws figures for `audit report` returns ``audit.Figure`` values from the
 ``render_figures`` hook, reading the stored result through ``audit.ResultView``.
 
+The Python API for notebooks and scripts (:mod:`audit.notebook`) is here too: ``audit.run_probe("cka",
+models, data)`` runs one probe on in-memory modules and arrays, ``audit.open_catalog(path)`` reads a catalog
+into data frames.
+
 The names are imported on first use (PEP 562), so ``audit --version`` and ``audit query`` start without
 NumPy or torch.
 """
@@ -28,6 +32,11 @@ _EXPORTS = {
     "ProbeResult": "audit.api.probe",
     "ResultView": "audit.api.results",
     "StoredMetric": "audit.api.results",
+    # the Python API (notebooks, scripts): a probe on in-memory models and data; a catalog as data frames
+    "run_probe": "audit.notebook",
+    "open_catalog": "audit.notebook",
+    "ProbeRun": "audit.notebook",
+    "CatalogReader": "audit.notebook",
 }
 
 if TYPE_CHECKING:
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
     from audit.api.hookspecs import hookimpl
     from audit.api.probe import Needs, Param, Probe, ProbeResult
     from audit.api.results import ResultView, StoredMetric
+    from audit.notebook import CatalogReader, ProbeRun, open_catalog, run_probe
 
 
 def __getattr__(name: str) -> Any:
@@ -46,13 +56,17 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CatalogReader",
     "Figure",
     "Needs",
     "Param",
     "Probe",
     "ProbeResult",
+    "ProbeRun",
     "ResultView",
     "StoredMetric",
     "__version__",
     "hookimpl",
+    "open_catalog",
+    "run_probe",
 ]

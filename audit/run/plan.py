@@ -3,7 +3,9 @@ command line, and split into disjoint shares for array tasks."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +97,11 @@ def _check_counts(
     probe: Probe, entry: ProbeEntry, models: tuple[str, ...], datasets: tuple[str, ...]
 ) -> None:
     where = f"probes[{entry.index}]" if entry.index >= 0 else f"probe {probe.name!r}"
+    check_job_counts(probe, where, models, datasets)
+
+
+def check_job_counts(probe: Probe, where: str, models: tuple[str, ...], datasets: tuple[str, ...]) -> None:
+    """One job's models and datasets against what the probe takes per job (its ``needs`` and ``check_job``)."""
     for what, got, (lo, hi) in (
         ("models", models, probe.needs.models),
         ("datasets", datasets, probe.needs.datasets),
@@ -111,3 +118,26 @@ def partition_jobs(jobs: list[Job], keys: list[str], k: int, n: int) -> list[Job
     """The K-th of N disjoint shares of the jobs (1-based), by cache key: stable when the config is reordered
     or edited elsewhere, so N array tasks (one node each, separate catalogs) split the work exactly once."""
     return [job for job, key in zip(jobs, keys, strict=True) if int(key[:12], 16) % n == k - 1]
+
+
+def job_cache_key(
+    probe: Probe, params: dict[str, Any], seed: int, model_fps: dict[str, str], dataset_fps: dict[str, str]
+) -> str:
+    """What a result is keyed by in the catalog: the probe and its version, the validated parameters, the
+    configuration's seed, and the job's models and datasets by name and content fingerprint (in job order).
+    `audit run` and the Python API (:func:`audit.run_probe`) key results by this one function."""
+    payload = {
+        "probe": probe.name,
+        "version": probe.version,
+        "params": params,
+        "seed": seed,
+        "models": [[m, fp] for m, fp in model_fps.items()],
+        "datasets": [[d, fp] for d, fp in dataset_fps.items()],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def job_seed(seed: int, cache_key: str) -> int:
+    """The seed a job's Context gets: drawn from the configuration's seed and the job's cache key, so two jobs
+    of one run draw different samples and a job draws the same ones in every run."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{cache_key}".encode()).digest()[:4], "little")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
-import json
 import platform
 import socket
 import subprocess
@@ -27,7 +25,7 @@ from audit.api.errors import UsageError
 from audit.catalog.store import Catalog, CatalogOutputCache, StoredResult
 from audit.config import Config
 from audit.run import sources
-from audit.run.plan import Job
+from audit.run.plan import Job, job_cache_key, job_seed
 from audit.run.worker import JobReport, JobSpec, WorkerState
 from audit.specs import as_json
 
@@ -123,20 +121,18 @@ class Runner:
         return self._model_fps[name]
 
     def cache_key(self, job: Job) -> str:
-        payload = {
-            "probe": job.probe.name,
-            "version": job.probe.version,
-            "params": job.params,
-            "seed": self.config.seed,
-            "models": [[m, self.model_fingerprint(m)] for m in job.models],
-            "datasets": [[d, self.dataset(d).fingerprint] for d in job.datasets],
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        return job_cache_key(
+            job.probe,
+            job.params,
+            self.config.seed,
+            {m: self.model_fingerprint(m) for m in job.models},
+            {d: self.dataset(d).fingerprint for d in job.datasets},
+        )
 
     def spec(self, index: int, job: Job, key: str, with_outputs: bool = False) -> JobSpec:
         """The job as plain data for a worker (see :class:`audit.run.worker.JobSpec`); `with_outputs` adds the
         model outputs the catalog holds for its models and datasets (none under ``--force``)."""
-        seed = int.from_bytes(hashlib.sha256(f"{self.config.seed}:{key}".encode()).digest()[:4], "little")
+        seed = job_seed(self.config.seed, key)
         fingerprints = {f"model:{m}": self.model_fingerprint(m) for m in job.models}
         fingerprints |= {f"dataset:{d}": self.dataset(d).fingerprint for d in job.datasets}
         outputs = {}

@@ -275,10 +275,7 @@ def load_dataset(spec: DatasetSpec, root: Path) -> Dataset:
             produced = factory(**spec.kwargs)
         except Exception as e:
             raise UsageError(f"{what}: factory {spec.factory} failed: {e}") from None
-        arrays = _named_arrays(produced, what)
-        return _array_data(
-            spec, arrays, _selection_fingerprint(spec, _arrays_fingerprint(spec, arrays)), what
-        )
+        return dataset_from_arrays(spec, produced, what)
     path = spec.path
     assert path is not None
     fingerprint = _selection_fingerprint(spec, sha256_file(path))
@@ -304,6 +301,13 @@ def load_dataset(spec: DatasetSpec, root: Path) -> Dataset:
     except Exception as e:
         raise UsageError(f"{what}: cannot read {path.name}: {str(e).splitlines()[0]}") from None
     return _array_data(spec, arrays, fingerprint, what, available)
+
+
+def dataset_from_arrays(spec: DatasetSpec, produced: Any, what: str) -> ArrayData:
+    """A dataset from arrays in memory (a factory's, or the Python API's): named, fingerprinted by content
+    and checked (dtypes, shapes, non-finite rows) like a file's."""
+    arrays = _named_arrays(produced, what)
+    return _array_data(spec, arrays, _selection_fingerprint(spec, _arrays_fingerprint(spec, arrays)), what)
 
 
 def _named_arrays(produced: Any, what: str) -> dict[str, Any]:
