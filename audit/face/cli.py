@@ -44,15 +44,46 @@ if TYPE_CHECKING:
     from audit.config import Config
     from audit.gates import Verdict
 
+def _flags_as_flags() -> None:
+    """Help shows a flag as a flag (``--force``), not as ``--force <bool>``: this Typer prints a type for every
+    option, flags included; a flag takes no value, so it gets none (checked in tests/test_cli_conventions.py)."""
+    import typer.core
+
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_flags_as_flags", False):
+        return
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._flags_as_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_as_flags()
+
 app = typer.Typer(
     name="audit",
     help="Audit trained neural networks like scientific instruments: probes, a DuckDB catalog, CI gates.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # audit --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+
+# Piped output (a CI log, a file, `| less`) is not wrapped: rich would fold tables at 80 columns (or at a
+# COLUMNS inherited from some parent) and split metric names and numbers across lines. A terminal keeps its
+# width (and COLUMNS, as rich reads it).
+UNWRAPPED_WIDTH = 10_000
+
+
+def _console(stderr: bool) -> Console:
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=UNWRAPPED_WIDTH)
+
+
+err = _console(stderr=True)
+out = _console(stderr=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -122,6 +153,9 @@ def _open_catalog(path: Path, wait: float) -> Catalog:
 @app.command()
 @one_line_errors
 def probes(
+    name: Annotated[
+        str | None, typer.Argument(help="one probe: its parameters with types, defaults and descriptions")
+    ] = None,
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table or json")
     ] = OutputFormat.table,
@@ -131,6 +165,11 @@ def probes(
 
     found = installed_probes()
     origins = probe_origins()
+    if name is not None:
+        if name not in found:
+            raise UsageError(f"unknown probe {name!r} (installed: {', '.join(found) or 'none'})")
+        _describe_probe(found[name], origins[name], format)
+        return
     if format is OutputFormat.json:
         out.print_json(
             json.dumps([{**p.describe(), "plugin": origins[n]} for n, p in found.items()], default=str)
@@ -149,6 +188,44 @@ def probes(
         params = "\n".join(f"{q.name} ({q.type.__name__}) = {q.default!r}" for q in p.params) or "—"
         table.add_row(
             f"[bold]{name}[/]\n[dim]{origins[name]}[/]", p.version, need_text, params, p.description
+        )
+    out.print(table)
+
+
+def _describe_probe(p: Probe, origin: str, format: OutputFormat) -> None:
+    """`audit probes NAME`: what one probe needs and every parameter it takes."""
+    if format is OutputFormat.json:
+        _print_json({**p.describe(), "plugin": origin, "key_metrics": list(p.key_metrics)})
+        return
+    if format is OutputFormat.csv:
+        raise UsageError("--format csv is not available for `audit probes` (use table or json)")
+    needs = p.needs.describe()
+    out.print(f"[bold]{p.name}[/] {p.version}  [dim]({rich.markup.escape(origin)})[/]", highlight=False)
+    out.print(rich.markup.escape(p.description), highlight=False)
+    out.print(
+        f"per job: models {_range(needs['models'])}, datasets {_range(needs['datasets'])}"
+        + (f", gpus {needs['gpus']:g}" if needs.get("gpus") != 1.0 else ""),
+        highlight=False,
+    )
+    if p.key_metrics:
+        out.print(f"key metrics: {', '.join(p.key_metrics)}", highlight=False)
+    table = Table(title=f"parameters of {p.name} (audit.toml: params = {{ name = value }})")
+    for col in ("parameter", "type", "default", "allowed", "description"):
+        table.add_column(col, overflow="fold")
+    for q in p.params:
+        allowed = []
+        if q.choices is not None:
+            allowed.append(" | ".join(map(str, q.choices)))
+        if q.min is not None:
+            allowed.append(f">= {q.min:g}")
+        if q.max is not None:
+            allowed.append(f"<= {q.max:g}")
+        table.add_row(
+            q.name,
+            q.type.__name__,
+            rich.markup.escape(repr(q.default)),
+            rich.markup.escape(", ".join(allowed) or "—"),
+            rich.markup.escape(q.help or "—"),
         )
     out.print(table)
 
@@ -244,6 +321,8 @@ class _RunDisplay:
         self._describe()
         mark = {"ok": "[green]done[/]", "reused": "[cyan]cached[/]", "error": "[red]error[/]"}[outcome.status]
         line = f"{mark} {label} ({outcome.duration_s:.2f} s)"
+        if outcome.result_id:  # what `audit show` takes
+            line += f" [dim]result {outcome.result_id}[/]"
         if outcome.error:
             line += f": {outcome.error.splitlines()[0]}"
         self.progress.console.print(line, highlight=False)
@@ -316,6 +395,13 @@ def run(
         typer.Option("--partition", help="K/N: only the K-th of N disjoint shares of the jobs (array jobs)"),
     ] = None,
     wait: WaitOpt = DEFAULT_WAIT_S,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list the jobs and which the catalog already holds; run nothing")
+    ] = False,
+    format: Annotated[
+        OutputFormat,
+        typer.Option("--format", "-f", help="table (progress on stderr) or json (a summary on stdout)"),
+    ] = OutputFormat.table,
 ) -> None:
     """Run what audit.toml configures (or the probes named) and record every result in the catalog."""
     from rich.progress import (
@@ -331,18 +417,25 @@ def run(
     from audit.run.plan import partition_jobs, plan
     from audit.run.runner import Runner
 
+    if format is OutputFormat.csv:
+        raise UsageError("--format csv is not available for `audit run` (use table or json)")
     cfg = _config(config)
     jobs = plan(cfg, installed_probes(), probe or None, model or None, data or None)
     share = _partition(partition)
     chosen, options = _executor(cfg, executor, workers, address)
     if not jobs:
         err.print("nothing to run: no configured probe entry matches (see `audit probes` and audit.toml)")
+        if format is OutputFormat.json:
+            _print_json({"run_id": None, "dry_run": dry_run, "jobs": []})
         raise typer.Exit(0)
     dev = resolve_device(device or cfg.device, "--device" if device else f"{cfg.path}: device")
     cat = _open_catalog(catalog or cfg.catalog, wait)
     runner = Runner(cfg, cat, dev, force=force)
     if share is not None:
         jobs = partition_jobs(jobs, [runner.cache_key(j) for j in jobs], *share)
+    if dry_run:
+        _dry_run(runner, jobs, format, force)
+        return
     runner.check_inputs(jobs)  # an input error is the first line, and the catalog gains nothing
     err.print(
         f"[bold]audit run[/]: {len(jobs)} job(s) on {dev} via {chosen.name} → {cat.path}"
@@ -356,7 +449,8 @@ def run(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as progress:
+    # on a terminal: live bars; piped (a CI log): no bars, one line per finished job (job_finished prints it)
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
         display = _RunDisplay(progress, len(jobs))
         summary = runner.run(jobs, sys.argv, display, chosen, options)
         progress.update(display.overall, description="jobs")
@@ -366,8 +460,69 @@ def run(
         f"{done['error']} failed",
         highlight=False,
     )
+    if format is OutputFormat.json:
+        _print_json(
+            {
+                "run_id": summary.run_id,
+                "dry_run": False,
+                "computed": done["ok"],
+                "reused": done["reused"],
+                "failed": done["error"],
+                "jobs": [
+                    {
+                        **_job_record(o.job),
+                        "status": o.status,
+                        "result_id": o.result_id,
+                        "duration_s": round(o.duration_s, 6),
+                        "error": o.error,
+                        "warnings": list(o.warnings),
+                    }
+                    for o in summary.outcomes
+                ],
+            }
+        )
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _job_record(job) -> dict[str, Any]:
+    return {
+        "label": job.label,
+        "probe": job.probe.name,
+        "entry": job.entry or job.probe.name,
+        "models": list(job.models),
+        "datasets": list(job.datasets),
+    }
+
+
+def _dry_run(runner, jobs, format: OutputFormat, force: bool) -> None:
+    """The jobs a run would do and which the catalog already holds (by cache key); nothing is written and no
+    model is built (datasets are read: their content is part of the key)."""
+    keys = [runner.cache_key(j) for j in jobs]
+    stored = {} if force else runner.catalog.cached_results(keys)
+    records = [
+        {**_job_record(job), "cache_key": key, "cached_result_id": stored.get(key), "would_run": key not in stored}
+        for job, key in zip(jobs, keys, strict=True)
+    ]
+    todo = sum(r["would_run"] for r in records)
+    if format is OutputFormat.json:
+        _print_json({"run_id": None, "dry_run": True, "to_run": todo, "cached": len(records) - todo, "jobs": records})
+        return
+    table = Table(title=f"dry run: {todo} job(s) to run, {len(records) - todo} held by {runner.catalog.path}")
+    for col in ("job", "probe entry", "would", "cached result"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        would = "[yellow]run[/]" if r["would_run"] else "[cyan]reuse[/]"
+        table.add_row(rich.markup.escape(r["label"]), r["entry"], would, r["cached_result_id"] or "—")
+    out.print(table)
+    if force:
+        err.print("--force: every job would run again", highlight=False)
+
+
+def _print_json(value: Any) -> None:
+    """Machine-readable output: JSON on stdout (NaN and infinities as null), never wrapped or coloured."""
+    sys.stdout.write(json.dumps(_jsonable(value), indent=2) + "\n")
+    sys.stdout.flush()
 
 
 # ------------------------------------------------------------------ query
@@ -495,15 +650,23 @@ def gate(
     junit: Annotated[Path | None, typer.Option("--junit", help="write JUnit XML here")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="write a Markdown summary here")] = None,
     wait: WaitOpt = DEFAULT_WAIT_S,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table, or json (every verdict on stdout)")
+    ] = OutputFormat.table,
 ) -> None:
     """Check the gates of audit.toml against the latest results: exit 0 all pass, 1 a gate failed, 2 error."""
     from audit import gates as gates_mod
 
+    if format is OutputFormat.csv:
+        raise UsageError("--format csv is not available for `audit gate` (use table or json)")
     cfg = _config(config)
     if not cfg.gates:
         raise UsageError(f"{cfg.path}: no [[gates]] configured")
     verdicts = gates_mod.evaluate(cfg.gates, _open_catalog(catalog or cfg.catalog, wait), _key_metrics())
-    print_verdicts(verdicts, out)
+    if format is OutputFormat.json:
+        _print_json({"exit_code": gates_mod.exit_code(verdicts), "verdicts": [_verdict_record(v) for v in verdicts]})
+    else:
+        print_verdicts(verdicts, out)
     for path, text in ((junit, gates_mod.junit_xml), (markdown, gates_mod.markdown)):
         if path is not None:
             try:
@@ -513,8 +676,32 @@ def gate(
                 raise UsageError(f"cannot write {path}: {e.strerror}") from None
     code = gates_mod.exit_code(verdicts)
     passed = sum(v.passed for v in verdicts)
-    (out.print if code == 0 else err.print)(f"{passed} of {len(verdicts)} gate check(s) passed")
+    summary_console = err if code or format is OutputFormat.json else out  # stdout stays JSON
+    summary_console.print(f"{passed} of {len(verdicts)} gate check(s) passed")
     raise typer.Exit(code)
+
+
+def _verdict_record(v: Verdict) -> dict[str, Any]:
+    """One gate check as JSON: the gate (label, name, what it reads, bounds), where, the values, the verdict."""
+    g = v.gate
+    return {
+        "gate": g.label,
+        "name": g.name,
+        "probe": g.probe,
+        "entry": g.source,
+        "metric": g.metric,
+        "min": g.min,
+        "max": g.max,
+        "baseline": g.baseline,
+        "model": v.model,
+        "dataset": v.dataset,
+        "value": v.value,
+        "baseline_value": v.baseline_value,
+        "observed": v.observed,
+        "status": v.status,
+        "reason": v.reason,
+        "context": {name: value for name, value in v.context},
+    }
 
 
 # ------------------------------------------------------------------ report and show
@@ -614,20 +801,85 @@ def report(
 @app.command()
 @one_line_errors
 def show(
-    result: Annotated[str, typer.Argument(help="a result id, or a unique prefix of one")],
+    result: Annotated[
+        str | None, typer.Argument(help="a result id, or a unique prefix of one (none: list the latest results)")
+    ] = None,
     config: ConfigOpt = Path("audit.toml"),
     catalog: CatalogOpt = None,
     wait: WaitOpt = DEFAULT_WAIT_S,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table, or json (the result, its metrics, no arrays)")
+    ] = OutputFormat.table,
+    limit: Annotated[int, typer.Option("--limit", help="results listed without an id", min=1)] = 20,
 ) -> None:
-    """Show one stored result in the terminal: metrics, parameters, warnings and the probe's own views."""
+    """Show one stored result (metrics, parameters, warnings, the probe's own views), or list the latest."""
     from audit.face.show import show as show_result
 
+    if format is OutputFormat.csv:
+        raise UsageError("--format csv is not available for `audit show` (use table or json)")
     cat = _open_catalog(_catalog_path(config, catalog), wait)
+    if result is None:
+        _list_results(cat, limit, format)
+        return
     view = cat.result_views([cat.resolve_id("result", result)])[0]
+    if format is OutputFormat.json:
+        _print_json(
+            {
+                "result_id": view.result_id,
+                "run_id": view.run_id,
+                "probe": view.probe,
+                "entry": view.entry,
+                "version": view.version,
+                "params": dict(view.params),
+                "params_fingerprint": view.params_fingerprint,
+                "models": list(view.models),
+                "datasets": list(view.datasets),
+                "status": view.status,
+                "error": view.error,
+                "warnings": list(view.warnings),
+                "created_at": view.created_at,
+                "duration_s": view.duration_s,
+                "device": view.device,
+                "metrics": [
+                    {"metric": m.name, "value": m.value, "model": m.model, "dataset": m.dataset} for m in view.metrics
+                ],
+            }
+        )
+        return
     probe_obj = installed_probes().get(view.probe)
     failures = show_result(view, out, tuple(probe_obj.key_metrics) if probe_obj else ())
     for failure in failures:
         err.print(f"[yellow]warning:[/] view failed: {one_line(failure)}", highlight=False, soft_wrap=True)
+
+
+def _list_results(cat: Catalog, limit: int, format: OutputFormat) -> None:
+    """The latest stored results, newest first, with the ids `audit show ID` takes."""
+    columns, rows = cat.query(
+        "select result_id, created_at, entry, probe, array_to_string(models, ',') as models, "
+        "array_to_string(datasets, ',') as datasets, status, n_metrics from results "
+        "order by created_at desc limit ?",
+        [limit],
+    )
+    if format is OutputFormat.json:
+        _print_json([dict(zip(columns, r, strict=True)) for r in rows])
+        return
+    if not rows:
+        raise UsageError(f"no results in catalog {cat.path} (run `audit run` first)")
+    table = Table(title=f"latest {len(rows)} result(s) in {cat.path} (audit show ID)")
+    for col in ("result", "created", "probe entry", "models", "datasets", "status", "metrics"):
+        table.add_column(col, overflow="fold")
+    for rid, at, entry, probe, models, datasets, status, n in rows:
+        mark = "[green]ok[/]" if status == "ok" else "[red]error[/]"
+        table.add_row(
+            rid,
+            f"{at:%Y-%m-%d %H:%M:%S}",
+            rich.markup.escape(entry or probe),
+            short_label(models),
+            rich.markup.escape(datasets or "—"),
+            mark,
+            "—" if n is None else str(n),
+        )
+    out.print(table)
 
 
 # ------------------------------------------------------------------ catalog export / import
@@ -675,12 +927,29 @@ def catalog_import(
     config: ConfigOpt = Path("audit.toml"),
     catalog: CatalogOpt = None,
     wait: WaitOpt = DEFAULT_WAIT_S,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table, or json (rows added and skipped per table)")
+    ] = OutputFormat.table,
 ) -> None:
     """Merge exports or shards into the catalog in one transaction; importing one twice adds nothing."""
     from audit.catalog.exchange import import_catalogs
 
+    if format is OutputFormat.csv:
+        raise UsageError("--format csv is not available for `audit catalog import` (use table or json)")
     cat = _open_catalog(_catalog_path(config, catalog), wait)
     report = import_catalogs(cat, directories)
+    if format is OutputFormat.json:
+        _print_json(
+            {
+                "catalog": str(cat.path),
+                "sources": [str(p) for p in report.sources],
+                "tables": {
+                    name: {"added": report.added[name], "skipped": report.skipped[name]} for name in sorted(report.added)
+                },
+                "duplicate_jobs": report.duplicate_jobs,
+            }
+        )
+        return
     n = len(report.sources)
     table = Table(title=f"imported {n} director{'y' if n == 1 else 'ies'} into {cat.path}")
     for col in ("table", "added", "skipped"):
@@ -761,7 +1030,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="show the version and exit")
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="show the version and exit"),
     ] = False,
 ) -> None:
     """Audit trained neural networks like scientific instruments."""
