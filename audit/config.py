@@ -21,7 +21,9 @@ Layout of the file (all paths relative to the file's folder)::
     [[probes]]          probe = "cka", models = [...], datasets = [...], params = {...}, label = "..."
     [[gates]]           probe, metric, min and/or max, model, dataset, baseline, entry (all but probe/metric
                         optional; `entry` = the label of the probe entry to read, required when one probe
-                        has entries with different parameters)
+                        has entries with different parameters); against = "accepted:NAME" | "git:REF" |
+                        "run:ID" with max_increase and/or max_decrease (a number: absolute; "5%": relative
+                        to |baseline value|): bounds on the change from that baseline (audit.history)
 
 Model and dataset names in [[probes]] and the model/dataset of [[gates]] may be fnmatch patterns
 ("seed/*", "cand_?"). In a probe entry a pattern expands to the matching names in order of definition,
@@ -46,6 +48,7 @@ from typing import Any
 
 from audit.api.errors import ConfigError
 from audit.api.probe import Probe
+from audit.history import Change, parse_against, parse_change
 from audit.specs import HF_CONFIG, HF_WEIGHTS, MODEL_LIBRARIES, DatasetSpec, ModelSpec, params_fingerprint
 
 DEFAULT_CATALOG = ".audit/catalog.duckdb"
@@ -111,21 +114,39 @@ class GateSpec:
     # parameters — a gate built in code; the config always sets it)
     entry: str = ""
     params_fingerprint: str | None = None
+    # a comparison with history (audit.history): `against` names the baseline results ("accepted:main",
+    # "run:ID", "git:REF"; `audit gate --against` replaces it), and the bounds on the change value − baseline
+    # value of the same entry, metric, model and dataset there; min/max still apply to the value itself
+    against: str | None = None
+    max_increase: Change | None = None
+    max_decrease: Change | None = None
+
+    @property
+    def compares_history(self) -> bool:
+        return self.max_increase is not None or self.max_decrease is not None
+
+    @property
+    def bounds(self) -> str:
+        """The gate's bounds in words: ">= 0.9 and decrease <= 2% vs accepted:main"."""
+        parts = [
+            s
+            for s in (
+                f">= {self.min:g}" if self.min is not None else "",
+                f"<= {self.max:g}" if self.max is not None else "",
+                f"increase <= {self.max_increase.text}" if self.max_increase is not None else "",
+                f"decrease <= {self.max_decrease.text}" if self.max_decrease is not None else "",
+            )
+            if s
+        ]
+        text = " and ".join(parts)
+        return f"{text} vs {self.against}" if self.compares_history and self.against else text
 
     @property
     def label(self) -> str:
         if self.name:
             return self.name
-        bounds = " and ".join(
-            s
-            for s in (
-                f">= {self.min:g}" if self.min is not None else "",
-                f"<= {self.max:g}" if self.max is not None else "",
-            )
-            if s
-        )
         rel = f" - {self.baseline}" if self.baseline else ""
-        return f"{self.source}.{self.metric}{rel} {bounds}"
+        return f"{self.source}.{self.metric}{rel} {self.bounds}"
 
     @property
     def source(self) -> str:
@@ -550,7 +571,10 @@ def _gate(
     entries: list[ProbeEntry],
 ) -> GateSpec:
     t = _Table(file, f"gates[{index}]", data)
-    t.only({"name", "probe", "metric", "min", "max", "model", "dataset", "baseline", "entry"})
+    t.only(
+        {"name", "probe", "metric", "min", "max", "model", "dataset", "baseline", "entry", "against",
+         "max_increase", "max_decrease"}
+    )
     probe = t.get("probe", str, required=True)
     if probe not in probes:
         raise t.error("probe", f"unknown probe {probe!r} (installed: {', '.join(probes) or 'none'})")
@@ -560,12 +584,19 @@ def _gate(
     for key, bound in (("min", lo), ("max", hi)):
         if bound is not None and math.isnan(bound):  # every comparison with NaN is false: it would pass all
             raise t.error(key, "expected a number, got nan")
-    if lo is None and hi is None:
-        raise ConfigError(file, t.key, "a gate needs min and/or max")
+    against, changes = _history(t)
+    if lo is None and hi is None and not changes:
+        raise ConfigError(
+            file, t.key, "a gate needs min and/or max (or max_increase/max_decrease with against)"
+        )
     if lo is not None and hi is not None and lo > hi:
         raise t.error("min", f"min ({lo}) is above max ({hi})")
     model = t.get("model", str)
     baseline = t.get("baseline", str)
+    if baseline is not None and against is not None:
+        raise t.error(
+            "against", "a gate compares with a baseline model or with history (against), not both; use two gates"
+        )
     dataset = t.get("dataset", str)
     if baseline is not None and is_pattern(baseline):
         raise t.error("baseline", f"expected the name of one model, not a pattern, got {baseline!r}")
@@ -596,7 +627,37 @@ def _gate(
         expected,
         entry,
         fingerprint,
+        against,
+        changes.get("max_increase"),
+        changes.get("max_decrease"),
     )
+
+
+def _history(t: _Table) -> tuple[str | None, dict[str, Change]]:
+    """A gate's comparison with history: `against` (canonical text) and its max_increase/max_decrease.
+    Each needs the other: bounds on a change need a baseline, and a baseline is only read by those bounds."""
+    text = t.get("against", str)
+    against = None
+    if text is not None:
+        try:
+            against = parse_against(text).text
+        except ValueError as e:
+            raise t.error("against", str(e)) from None
+    changes: dict[str, Change] = {}
+    for key in ("max_increase", "max_decrease"):
+        if key in t.data:
+            try:
+                changes[key] = parse_change(t.data[key])
+            except ValueError as e:
+                raise t.error(key, str(e)) from None
+    if changes and against is None:
+        raise t.error(
+            next(iter(changes)),
+            "needs against = 'accepted:NAME', 'git:REF' or 'run:ID': the results the change is measured from",
+        )
+    if against is not None and not changes:
+        raise t.error("against", "needs max_increase and/or max_decrease: the bounds on the change from it")
+    return against, changes
 
 
 def _gate_entry(

@@ -309,7 +309,6 @@ def _record(store: Catalog, run: ProbeRun, modules, datasets, model_fps, force: 
     """Record `run` as `audit run` records a job: a run row, the models and datasets, one result."""
     import dataclasses
     import sys
-
     from importlib.metadata import PackageNotFoundError, version
 
     import duckdb

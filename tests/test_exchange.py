@@ -17,7 +17,10 @@ from audit.catalog.migrations import MIGRATIONS
 from audit.catalog.store import Catalog, StoredResult
 from conftest import audit_cli
 
-TABLES = ("runs", "run_ends", "models", "datasets", "results", "metric_values", "arrays", "model_outputs")
+TABLES = (
+    "runs", "run_ends", "models", "datasets", "results", "metric_values", "arrays", "model_outputs", "run_reuses",
+    "accepted",
+)
 PAYLOAD_NAN = np.frombuffer(np.uint64(0x7FF8_0000_0000_0001).tobytes(), dtype=np.float64)[0]
 
 

@@ -13,6 +13,11 @@ once. A deliberate recomputation (``audit run --force``: a later successful resu
 its own source catalog) is kept, as it would have been in that catalog. Everything one call imports is one
 transaction: a failure part-way leaves the catalog as it was.
 
+Rows that name a result without being part of it — a run's reuse of a stored result (``run_reuses``) and an
+accepted baseline (``accepted``) — are keyed by their own natural keys, so they are imported with a result
+the catalog already held too; one that names a result skipped as a duplicate job is pointed at the catalog's
+result of that job, so an acceptance imported from a worker's catalog still finds its values.
+
 Only DuckDB's own ``COPY … TO`` and ``read_parquet`` are used: no pyarrow or pandas dependency.
 """
 
@@ -44,7 +49,12 @@ KEYS: dict[str, tuple[str, ...]] = {
     "run_ends": ("run_id",),
     "models": ("fingerprint", "name"),
     "datasets": ("fingerprint", "name"),
+    "run_reuses": ("run_id", "result_id"),
+    "accepted": ("acceptance_id", "result_id"),
 }
+# tables keyed above that name a result (result_id) they do not belong to: imported by their own key, their
+# result_id mapped onto the catalog's result of the same job when the export's was a skipped duplicate
+REFERENCES_RESULTS = ("run_reuses", "accepted")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*\Z")
 
 
@@ -151,7 +161,9 @@ def _export(catalog: Catalog, directory: Path, run_ids: list[str] | None, writte
 def _run_filter(table: str, columns: list[str], ids: str) -> str:
     """The WHERE clause that keeps the rows of one table that belong to the runs in the SQL list ``ids``."""
     of_runs = f"select * from results where list_contains({ids}, run_id)"
-    if "run_id" in columns:  # runs, run_ends, results
+    if table == "accepted":  # acceptances of the exported results (the run_id it names may be another)
+        return f"where t.result_id in (select result_id from ({of_runs}))"
+    if "run_id" in columns:  # runs, run_ends, results, run_reuses
         return f"where list_contains({ids}, t.run_id)"
     if "result_id" in columns:  # metric_values, arrays
         return f"where t.result_id in (select result_id from ({of_runs}))"
@@ -303,23 +315,30 @@ def _merge(
     _check_counts(con, export, staged)
     # results first: the tables that follow their result need to know which results were added
     con.execute("create or replace temp table _import_added (result_id varchar)")
+    con.execute("create or replace temp table _import_same (result_id varchar, kept_id varchar)")
     order = sorted(staged, key=lambda t: (t != "results", "result_id" in tables[t], t))
     for table in order:
         stage, columns = staged[table], tables[table]
         total = con.execute(f"select count(*) from {stage}").fetchone()[0]
         if table == "results":
             added = _merge_results(con, stage, report)
-        elif "result_id" in columns:
+        elif "result_id" in columns and table not in REFERENCES_RESULTS:
             added = con.execute(
                 f"insert into {table} by name select s.* from {stage} s "
                 "where s.result_id in (select result_id from _import_added) order by s.rowid"
             ).fetchone()[0]
         else:
+            if table in REFERENCES_RESULTS:
+                con.execute(
+                    f"update {stage} set result_id = m.kept_id from _import_same m "
+                    f"where {stage}.result_id = m.result_id"
+                )
             key = KEYS.get(table) or primary_keys.get(table) or tuple(columns)
             added = _insert_new(con, table, stage, key)
         report._count(table, added, total - added)
         con.execute(f"drop table {stage}")
     con.execute("drop table _import_added")
+    con.execute("drop table _import_same")
 
 
 def _check_counts(con: duckdb.DuckDBPyConnection, export: _Export, staged: dict[str, str]) -> None:
@@ -377,16 +396,24 @@ def _merge_results(con: duckdb.DuckDBPyConnection, stage: str, report: ImportRep
         qualify row_number() over (partition by s.result_id order by s.rowid) = 1
         """
     )
-    report.duplicate_jobs += con.execute(
+    # each duplicate, and the catalog's latest successful result of its job: where rows that name the
+    # duplicate (a reuse, an acceptance) point instead
+    con.execute(
         f"""
-        delete from _import_added where result_id in (
-            select f.result_id from (
-                select result_id, cache_key from {stage} where status = 'ok'
-                qualify row_number() over (partition by cache_key order by created_at, result_id) = 1
-            ) f
-            where exists (select 1 from results t where t.cache_key = f.cache_key and t.status = 'ok')
-        )
+        insert into _import_same
+        select f.result_id, (
+            select arg_max(t.result_id, t.created_at) from results t where t.cache_key = f.cache_key and t.status = 'ok'
+        ) as kept_id
+        from (
+            select result_id, cache_key from {stage} where status = 'ok'
+            qualify row_number() over (partition by cache_key order by created_at, result_id) = 1
+        ) f
+        where f.result_id in (select result_id from _import_added)
+        and exists (select 1 from results t where t.cache_key = f.cache_key and t.status = 'ok')
         """
+    )
+    report.duplicate_jobs += con.execute(
+        "delete from _import_added where result_id in (select result_id from _import_same)"
     ).fetchone()[0]
     added = con.execute(
         f"insert into results by name select s.* from {stage} s "

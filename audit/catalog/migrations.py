@@ -105,4 +105,33 @@ MIGRATIONS: list[tuple[str, str]] = [
             ) = 1;
         """,
     ),
+    (
+        "reuse and accepted baselines",
+        # Regression gates compare a pull request's results with what main accepted (audit.history).
+        # `run_reuses`: the stored results a run reused instead of computing them (one row per reused job),
+        # so that "the results of run X" can mean what the run used, computed (results.run_id) or reused; a
+        # run on main that recomputes only the changed checkpoint must still be acceptable as a whole.
+        # `accepted`: `audit accept --as NAME` adds one row per result under a new acceptance_id; a later
+        # acceptance of the same name wins (view `latest_accepted`) and the earlier ones stay, as every
+        # row of the catalog does. git_commit is HEAD of the config's folder when it was accepted.
+        # `run_results`: what each run used, computed or reused, for queries and reports.
+        """
+        create table run_reuses (run_id varchar not null, result_id varchar not null);
+        create table accepted (
+            name varchar not null, acceptance_id varchar not null, result_id varchar not null,
+            accepted_at timestamptz not null, run_id varchar, git_commit varchar, note varchar
+        );
+        create view latest_accepted as
+            select a.name, a.acceptance_id, a.accepted_at, a.run_id, a.git_commit, a.note, a.result_id,
+                   r.probe, r.entry, r.params_fingerprint, r.models, r.datasets
+            from (
+                select * from accepted
+                qualify dense_rank() over (partition by name order by accepted_at desc, acceptance_id desc) = 1
+            ) a left join results r using (result_id);
+        create view run_results as
+            select run_id, result_id, 'computed' as how from results where status = 'ok'
+            union all
+            select u.run_id, u.result_id, 'reused' as how from run_reuses u;
+        """,
+    ),
 ]

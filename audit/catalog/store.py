@@ -224,6 +224,27 @@ class Catalog:
                 [run_id, now(), status, computed, reused, failed],
             )
 
+    def record_reuses(self, run_id: str, result_ids: Sequence[str]) -> None:
+        """Remember that a run used these stored results instead of computing them again: without it, the
+        results of a run that recomputed one changed checkpoint would be that one result (`audit accept`)."""
+        if not result_ids:
+            return
+        with self.writer() as con:
+            con.execute("insert into run_reuses select ?, unnest(?::varchar[])", [run_id, list(result_ids)])
+
+    def record_acceptance(
+        self, name: str, result_ids: Sequence[str], run_id: str | None, git_commit: str | None, note: str | None
+    ) -> str:
+        """Add one acceptance (`audit accept --as NAME`): a row per result, one id and time for all of them,
+        in one transaction. Returns the acceptance id; earlier acceptances of the name are kept."""
+        acceptance_id = uuid.uuid4().hex[:16]
+        with self.writer() as con:
+            con.execute(
+                "insert into accepted select ?, ?, unnest(?::varchar[]), ?, ?, ?, ?",
+                [name, acceptance_id, list(result_ids), now(), run_id, git_commit, note],
+            )
+        return acceptance_id
+
     def record_sources(self, kind: str, rows: list[tuple[str, str, dict[str, Any], int | None]]) -> None:
         """Remember models or datasets (fingerprint, name, spec, n) not seen before under that name."""
         with self.writer() as con:

@@ -617,9 +617,14 @@ def _pivot(probe: str, rows: list[tuple[Any, ...]], order: tuple[str, ...]) -> T
 
 
 def print_verdicts(verdicts: list[Verdict], console: Console) -> None:
+    from audit.gates import compared_with, delta_text
+
     with_context = console.width >= 140 and any(v.context for v in verdicts)  # else it wraps unreadably
+    # a comparison with history shows both values and the delta; the table names its baselines below
+    history = any(v.gate.compares_history for v in verdicts)
     table = Table(title="gates")
-    for col in ("verdict", "gate", "model", "dataset", "observed", "detail") + ("context",) * with_context:
+    columns = ("verdict", "gate", "model", "dataset", "observed", *(("baseline", "Δ") if history else ()), "detail")
+    for col in columns + ("context",) * with_context:
         table.add_column(col, overflow="fold")
     for v in verdicts:
         mark = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "missing": "[yellow]MISSING[/]"}[v.status]
@@ -627,19 +632,44 @@ def print_verdicts(verdicts: list[Verdict], console: Console) -> None:
             mark,
             # a named gate also says what it reads: the probe entry (a label when the probe has several
             # parameter sets) and the metric
-            v.gate.label + (f"\n[dim]{v.gate.source}.{v.gate.metric}[/]" if v.gate.name else ""),
+            rich.markup.escape(v.gate.label) + (f"\n[dim]{v.gate.source}.{v.gate.metric}[/]" if v.gate.name else ""),
             v.model or "—",
             v.dataset or "—",
             "—" if v.observed is None else f"{v.observed:.4g}",
-            v.reason,
+            *(("—" if v.baseline_value is None else f"{v.baseline_value:.4g}", delta_text(v)) if history else ()),
+            rich.markup.escape(v.reason),
             *([v.context_text or "—"] if with_context else []),
         )
     console.print(table)
+    for described in compared_with(verdicts):
+        console.print(f"compared with {rich.markup.escape(described)}", highlight=False, soft_wrap=True)
 
 
 def _key_metrics() -> dict[str, tuple[str, ...]]:
     """Each installed probe's key metrics: the context shown beside a gate's verdict."""
     return {name: tuple(p.key_metrics) for name, p in installed_probes().items()}
+
+
+def _against(cfg: Config, against: str | None) -> list:
+    """The config's gates, with `--against` replacing the baseline of each gate that compares with history
+    (those with max_increase/max_decrease; the others have nothing to compare). A flag no gate can use is an
+    error, not a silent no-op: CI would believe it gated against main."""
+    import dataclasses
+
+    from audit.history import parse_against
+
+    if against is None:
+        return cfg.gates
+    try:
+        text = parse_against(against).text
+    except ValueError as e:
+        raise UsageError(f"--against: {e}") from None
+    if not any(g.compares_history for g in cfg.gates):
+        raise UsageError(
+            f"--against: no gate of {cfg.path} has max_increase or max_decrease (the bounds on the change from "
+            "a baseline); add them to the [[gates]] to compare with"
+        )
+    return [dataclasses.replace(g, against=text) if g.compares_history else g for g in cfg.gates]
 
 
 @app.command()
@@ -649,6 +679,14 @@ def gate(
     catalog: CatalogOpt = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="write JUnit XML here")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="write a Markdown summary here")] = None,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            "--against",
+            help="compare the gates with max_increase/max_decrease with this baseline instead of their "
+            "`against`: accepted:NAME, git:REF, run:ID",
+        ),
+    ] = None,
     wait: WaitOpt = DEFAULT_WAIT_S,
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table, or json (every verdict on stdout)")
@@ -662,7 +700,10 @@ def gate(
     cfg = _config(config)
     if not cfg.gates:
         raise UsageError(f"{cfg.path}: no [[gates]] configured")
-    verdicts = gates_mod.evaluate(cfg.gates, _open_catalog(catalog or cfg.catalog, wait), _key_metrics())
+    chosen = _against(cfg, against)
+    verdicts = gates_mod.evaluate(
+        chosen, _open_catalog(catalog or cfg.catalog, wait), _key_metrics(), root=cfg.root
+    )
     if format is OutputFormat.json:
         _print_json({"exit_code": gates_mod.exit_code(verdicts), "verdicts": [_verdict_record(v) for v in verdicts]})
     else:
@@ -693,15 +734,61 @@ def _verdict_record(v: Verdict) -> dict[str, Any]:
         "min": g.min,
         "max": g.max,
         "baseline": g.baseline,
+        "against": g.against,
+        "max_increase": g.max_increase.text if g.max_increase else None,
+        "max_decrease": g.max_decrease.text if g.max_decrease else None,
+        "bounds": g.bounds,
         "model": v.model,
         "dataset": v.dataset,
         "value": v.value,
         "baseline_value": v.baseline_value,
+        "delta": v.delta,
         "observed": v.observed,
+        "compared_with": v.compared_with or None,
         "status": v.status,
         "reason": v.reason,
         "context": {name: value for name, value in v.context},
     }
+
+
+# ------------------------------------------------------------------ accept
+
+
+@app.command()
+@one_line_errors
+def accept(
+    name: Annotated[str, typer.Option("--as", help="the baseline's name, e.g. main (gates: against = 'accepted:main')")],
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run", help="the run whose results (computed or reused) to accept; default: the latest finished run"),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", help="only results with this model (name or glob; repeatable); without --run: the "
+            "latest result of each of its jobs"
+        ),
+    ] = None,
+    note: Annotated[str | None, typer.Option("--note", help="a note kept with the acceptance")] = None,
+    config: ConfigOpt = Path("audit.toml"),
+    catalog: CatalogOpt = None,
+    wait: WaitOpt = DEFAULT_WAIT_S,
+) -> None:
+    """Accept stored results as a baseline NAME that gates compare with (against = "accepted:NAME")."""
+    from audit.history import accept as record
+
+    cat = _open_catalog(_catalog_path(config, catalog), wait)
+    root = config.resolve().parent if config.exists() else Path.cwd()
+    done = record(cat, name, run=run_id, models=tuple(model or ()), root=root, note=note)
+    for warning in done.warnings:
+        err.print(f"[yellow]warning:[/] {rich.markup.escape(warning)}", highlight=False, soft_wrap=True)
+    commit = f"at commit {done.git_commit[:12]}" if done.git_commit else "outside a git repository"
+    out.print(
+        f"accepted {len(done.result_ids)} result(s) as {name!r}: {done.described}; acceptance "
+        f"{done.acceptance_id}, recorded {commit}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # ------------------------------------------------------------------ report and show
@@ -716,7 +803,7 @@ def _gate_verdicts(config: Path, catalog: Catalog) -> tuple[list[Verdict] | None
     cfg = _config(config)
     if not cfg.gates:
         return None, f"no gates configured in {cfg.path}"
-    verdicts = gates_mod.evaluate(cfg.gates, catalog, _key_metrics())
+    verdicts = gates_mod.evaluate(cfg.gates, catalog, _key_metrics(), root=cfg.root)
     return verdicts, f"the [[gates]] of {cfg.path} on the latest stored values"
 
 
@@ -1013,7 +1100,7 @@ def demo(
         if found:
             out.print(_pivot(name, found, p.key_metrics))
     out.print('[dim]all metrics: audit query "select * from metrics"[/]')
-    verdicts = gates_mod.evaluate(cfg.gates, cat, _key_metrics())
+    verdicts = gates_mod.evaluate(cfg.gates, cat, _key_metrics(), root=cfg.root)
     print_verdicts(verdicts, out)
     out.print(
         f'\nNext: cd {project} && audit query "select model, dataset, metric, value from metrics"  ·  audit gate'

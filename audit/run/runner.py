@@ -12,9 +12,7 @@ import contextlib
 import getpass
 import platform
 import socket
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -24,6 +22,7 @@ from audit.api.context import Progress, no_progress
 from audit.api.errors import UsageError
 from audit.catalog.store import Catalog, CatalogOutputCache, StoredResult
 from audit.config import Config
+from audit.history import head_commit
 from audit.run import sources
 from audit.run.plan import Job, job_cache_key, job_seed
 from audit.run.worker import JobReport, JobSpec, WorkerState
@@ -31,16 +30,6 @@ from audit.specs import as_json
 
 if TYPE_CHECKING:
     from audit.run.executors import Executor
-
-
-def _git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 @dataclass
@@ -209,6 +198,8 @@ class Runner:
                     display.job_finished(outcomes[i])
                 else:
                     specs.append(self.spec(i, job, key, with_outputs=executor.name != "inline"))
+            # the results this run uses without computing them: part of "the results of this run"
+            self.catalog.record_reuses(run_id, [o.result_id for o in outcomes.values() if o.result_id])
             events = _DriverEvents(self, run_id, jobs, outcomes, display)
             executor.run(specs, events, options, DriverInfo(self.device, self.inline_state))
             missing = [s.label for s in specs if s.index not in outcomes]
@@ -244,6 +235,8 @@ class Runner:
             entry=job.entry,
         )
         result_id, written = self.catalog.record_result(stored, force=self.force)
+        if not written:  # another process stored this job meanwhile: this run uses that result
+            self.catalog.record_reuses(run_id, [result_id])
         status = stored.status if written else "reused"
         return JobOutcome(job, status, result_id, report.duration_s, report.error, stored.warnings)
 
@@ -271,7 +264,7 @@ class Runner:
             user = "?"
         return {
             "tool_version": audit.__version__,
-            "git_commit": _git_commit(self.config.root),
+            "git_commit": head_commit(self.config.root),
             "host": f"{user}@{socket.gethostname()}",
             "device": str(self.device),
             "argv": " ".join(argv),
